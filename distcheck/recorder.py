@@ -1,0 +1,253 @@
+"""The framework-free half of a probe: digests, statistics, the dump, the online check.
+
+A framework adapter (``distcheck.mindspore``) hands the recorder numpy arrays in a
+fixed parameter order; the recorder does everything else. It never takes the job
+down: a failure logs one line and switches recording off, except for the one thing
+the user asked for, ``fail_fast``, which raises :class:`ConsistencyError` on every
+rank at once (the decision is made from all-gathered data, so all ranks agree).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from distcheck import __version__
+from distcheck.digest import N_STATS, digest, digest_rows, stats
+from distcheck.store import schema
+from distcheck.store.schema import ParamInfo, Status
+from distcheck.store.writer import DumpWriter
+from distcheck.vote import majority
+from distcheck.world import World
+
+__all__ = ["ConsistencyError", "ParamInfo", "ProbeOptions", "Recorder", "run_dir_from_env"]
+
+ENV_RUN_DIR = "DISTCHECK_RUN_DIR"
+
+
+class ConsistencyError(RuntimeError):
+    """Raised on every rank by the online check when ``fail_fast`` is set."""
+
+
+def log(message: str) -> None:
+    print(f"distcheck: {message}", file=sys.stderr, flush=True)
+
+
+def run_dir_from_env() -> Optional[str]:
+    return os.environ.get(ENV_RUN_DIR) or None
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What to record. ``every``: record steps divisible by it (step 0 always).
+    ``full_steps``: steps at which whole tensors are kept too. ``online_every``: run
+    the cross-rank check every K recorded steps as well as at step 0 (0: only at 0)."""
+
+    every: int = 1
+    full_steps: tuple[int, ...] = ()
+    fail_fast: bool = False
+    online_every: int = 0
+    flush_seconds: float = 2.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "ProbeOptions":
+        env = os.environ
+        steps = tuple(int(s) for s in env.get("DISTCHECK_FULL_STEPS", "").split(",") if s.strip())
+        return cls(
+            every=max(1, int(env.get("DISTCHECK_EVERY", "1"))),
+            full_steps=steps,
+            fail_fast=env.get("DISTCHECK_FAIL_FAST", "0") == "1",
+            online_every=max(0, int(env.get("DISTCHECK_ONLINE_EVERY", "0"))),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "DISTCHECK_EVERY": str(self.every),
+            "DISTCHECK_FULL_STEPS": ",".join(str(s) for s in self.full_steps),
+            "DISTCHECK_FAIL_FAST": "1" if self.fail_fast else "0",
+            "DISTCHECK_ONLINE_EVERY": str(self.online_every),
+        }
+
+
+class Recorder:
+    def __init__(self, writer: Optional[DumpWriter], world: World, params: list[ParamInfo],
+                 options: ProbeOptions) -> None:
+        self.writer, self.world, self.params, self.options = writer, world, params, options
+        self.enabled = writer is not None
+        self._recorded = 0
+        self._online_ok = world.size > 1
+
+    @classmethod
+    def open(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict,
+             options: Optional[ProbeOptions] = None) -> "Recorder":
+        options = options or ProbeOptions.from_env()
+        params = list(params)
+        writer = None
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            attrs = {
+                "rank": world.rank,
+                "world_size": world.size,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "start_time": time.time(),
+                "distcheck_version": __version__,
+                "meta": json.dumps({**meta, "python": platform.python_version(),
+                                    "numpy": np.__version__, "comm": world.name,
+                                    "every": options.every}),
+            }
+            writer = DumpWriter(os.path.join(run_dir, schema.file_name(world.rank)), params, attrs,
+                                full_steps=options.full_steps, flush_seconds=options.flush_seconds)
+        except Exception as exc:  # never take the job down
+            log(f"recording disabled on rank {world.rank}: cannot write to {run_dir}: {exc}")
+        rec = cls(writer, world, params, options)
+        if writer is not None:
+            _close_on_exit(rec)
+        return rec
+
+    # -- per step ----------------------------------------------------------------
+    def wants(self, step: int) -> bool:
+        return self.enabled and (step == 0 or step % self.options.every == 0)
+
+    def record(self, step: int, params: Sequence[np.ndarray],
+               grads: Optional[Sequence[Optional[np.ndarray]]] = None,
+               loss: Optional[float] = None, batch: Optional[Sequence[np.ndarray]] = None) -> None:
+        if not self.wants(step):
+            return
+        try:
+            digests, stat_rows, rollups = {}, {}, {}
+            digests["param"], stat_rows["param"] = self._summarise(params, step, "param")
+            if grads is not None:
+                digests["grad"], stat_rows["grad"] = self._summarise(grads, step, "grad")
+            for kind, rows in digests.items():
+                rollups[kind] = digest_rows(rows)
+            batch_digest = _batch_digest(batch) if batch is not None else None
+            self.writer.append(step, None if loss is None else float(loss), batch_digest,
+                               digests, stat_rows, rollups)
+        except Exception as exc:
+            self._disable(f"step {step}: {type(exc).__name__}: {exc}")
+            digests = None
+        self._recorded += 1
+        if self._online_due(step):
+            self._online_check(step, None if digests is None else digests.get("param"))
+
+    def _summarise(self, arrays: Sequence[Optional[np.ndarray]], step: int, kind: str):
+        p = len(self.params)
+        if len(arrays) != p:
+            raise ValueError(f"got {len(arrays)} {kind} arrays for {p} parameters")
+        rows = np.zeros((p, 2), np.uint64)
+        stat_rows = np.full((p, N_STATS), np.nan, np.float32)
+        full = step in self.options.full_steps
+        for i, (info, array) in enumerate(zip(self.params, arrays)):
+            if array is None:
+                continue
+            rows[i] = digest(array)
+            stat_rows[i] = stats(array, info.dtype)
+            if full:
+                self.writer.write_full(step, kind, i, array)
+        return rows, stat_rows
+
+    # -- online check ------------------------------------------------------------
+    def _online_due(self, step: int) -> bool:
+        if not self._online_ok:
+            return False
+        if step == 0:
+            return True
+        k = self.options.online_every
+        return k > 0 and self._recorded % k == 0
+
+    def _online_check(self, step: int, rows: Optional[np.ndarray]) -> None:
+        """All-gather this step's parameter digests and compare them by majority.
+
+        Every rank sends a row even when its own summary failed (flag 0), so all
+        ranks take the same branch and nobody waits forever.
+        """
+        p = len(self.params)
+        send = np.zeros(2 + 2 * p, np.uint64)
+        send[0] = 0 if rows is None else 1
+        send[1] = step
+        if rows is not None:
+            send[2:] = rows.reshape(-1)
+        try:
+            gathered = self.world.allgather(send)
+        except Exception as exc:
+            self._online_ok = False
+            log(f"online check off on rank {self.world.rank}: all-gather failed: {exc}")
+            return
+        if not np.all(gathered[:, 0] == 1) or len(set(gathered[:, 1].tolist())) != 1:
+            self._online_ok = False
+            if self.world.rank == 0:
+                log(f"online check off: not every rank could summarise step {step}")
+            return
+        digests = gathered[:, 2:].reshape(self.world.size, p, 2)
+        bad_params, bad_ranks = [], set()
+        for i, info in enumerate(self.params):
+            if not info.trainable:
+                continue
+            culprits = majority([tuple(d) for d in digests[:, i]]).outliers
+            if culprits:
+                bad_params.append(info.name)
+                bad_ranks.update(culprits)
+        if not bad_params:
+            return
+        ranks = sorted(bad_ranks)
+        message = (f"replicas differ at step {step} on rank(s) {ranks} in {len(bad_params)} "
+                   f"parameter(s): {', '.join(bad_params[:5])}{' ...' if len(bad_params) > 5 else ''}")
+        if self.world.rank == 0 or self.world.rank in ranks:
+            log(message)
+        if self.options.fail_fast:
+            self.close(clean=False, message=f"fail-fast: {message}")
+            raise ConsistencyError(message)
+
+    # -- end ---------------------------------------------------------------------
+    def _disable(self, why: str) -> None:
+        log(f"recording disabled on rank {self.world.rank}: {why}")
+        self.enabled = False
+        self._close_writer(Status.ABORTED, f"probe error: {why}")
+
+    def close(self, clean: bool = True, message: str = "") -> None:
+        self.enabled = False
+        self._close_writer(Status.FINISHED if clean else Status.ABORTED, message)
+
+    def _close_writer(self, status: int, message: str) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close(status, message)
+            except Exception as exc:
+                log(f"could not close the dump of rank {self.world.rank}: {exc}")
+
+
+def _batch_digest(batch: Sequence[np.ndarray]) -> tuple[int, int]:
+    return digest_rows(np.array([digest(np.asarray(x)) for x in batch], dtype=np.uint64))
+
+
+def _close_on_exit(rec: Recorder) -> None:
+    """Flush and mark the dump on interpreter exit and on SIGTERM (msrun's stop signal)."""
+    atexit.register(lambda: rec.close(clean=False, message="process exited before training ended"))
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:
+        return
+    if previous not in (signal.SIG_DFL, None):
+        return  # somebody else handles SIGTERM; atexit still covers a normal exit
+
+    def on_term(signum, frame):
+        rec.close(clean=False, message="terminated by SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        pass

@@ -1,0 +1,1 @@
+"""One HDF5 file per rank: the format, its writer and its reader."""

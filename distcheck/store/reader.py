@@ -1,0 +1,182 @@
+"""Reads one rank's dump, validating it, in blocks rather than whole.
+
+Any problem with a file (truncated, empty, foreign, of a newer format) becomes a
+:class:`DumpError` that names the file and says what to do; never a traceback.
+Per-step series that are small (steps, loss, rollups) are read whole; per-parameter
+digests and statistics are read by step range.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from distcheck.store import schema
+from distcheck.store.schema import ParamInfo, Status
+
+
+class DumpError(Exception):
+    """A dump file that cannot be used. ``str()`` is a complete, actionable message."""
+
+    def __init__(self, path: str, problem: str, hint: str = "") -> None:
+        self.path, self.problem, self.hint = path, problem, hint
+        super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    time: float
+    step: int
+
+
+class DumpReader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._file = h5py.File(path, "r", libver="latest", swmr=True)
+        except FileNotFoundError:
+            raise DumpError(path, "file not found") from None
+        except OSError as exc:
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            what = "empty file" if size == 0 else "not a readable HDF5 file"
+            raise DumpError(path, what, "the rank may have died before its first flush, "
+                            f"or the file was truncated or is not a distcheck dump: {exc}") from None
+        try:
+            self._validate()
+        except DumpError:
+            self._file.close()
+            raise
+        except (KeyError, OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            self._file.close()
+            raise DumpError(path, f"damaged dump: {exc}", "re-run the job, or leave this rank's file out") from None
+
+    # -- validation --------------------------------------------------------------
+    def _validate(self) -> None:
+        f = self._file
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != schema.FORMAT:
+            raise DumpError(self.path, "not a distcheck dump (no 'format' attribute of "
+                            f"'{schema.FORMAT}')", "only rank_NNNNN.h5 files written by distcheck belong in a run directory")
+        version = int(f.attrs.get("format_version", -1))
+        if version > schema.VERSION:
+            raise DumpError(self.path, f"format version {version} is newer than this distcheck reads "
+                            f"({schema.VERSION})", "upgrade distcheck")
+        if version < 1:
+            raise DumpError(self.path, f"bad format version {version}")
+        self.rank = int(f.attrs["rank"])
+        self.world_size = int(f.attrs["world_size"])
+        self.meta = json.loads(_text(f.attrs.get("meta", "{}")))
+        names = [_text(x) for x in f["params/name"][()]]
+        shapes = [tuple(json.loads(_text(x))) for x in f["params/shape"][()]]
+        dtypes = [_text(x) for x in f["params/dtype"][()]]
+        trainable = f["params/trainable"][()].astype(bool)
+        has_grad = f["params/has_grad"][()].astype(bool)
+        if not (len(names) == len(shapes) == len(dtypes) == len(trainable) == len(has_grad)):
+            raise DumpError(self.path, "parameter tables have different lengths")
+        self.params = [ParamInfo(n, s, d, bool(t), bool(g))
+                       for n, s, d, t, g in zip(names, shapes, dtypes, trainable, has_grad)]
+        p = len(self.params)
+        lengths = []
+        for path in (schema.STEP, schema.TIME, schema.LOSS, schema.HAS, schema.BATCH_DIGEST, schema.ROLLUP):
+            lengths.append(f[path].shape[0])
+        for kind in schema.KINDS:
+            for path in (schema.digests_path(kind), schema.stats_path(kind)):
+                ds = f[path]
+                if ds.ndim != 3 or ds.shape[1] != p:
+                    raise DumpError(self.path, f"dataset {path} has shape {ds.shape}, expected (N, {p}, ...)")
+                lengths.append(ds.shape[0])
+        # A write cut short by a crash can leave datasets of unequal length: trust the shortest.
+        self.n_steps = min(lengths)
+        self.steps = f[schema.STEP][: self.n_steps].astype(np.int64)
+        if self.n_steps > 1 and np.any(np.diff(self.steps) <= 0):
+            raise DumpError(self.path, "recorded steps are not increasing", "a rank must write one file per run; "
+                            "use a fresh run directory for each job")
+        self.status = int(f[schema.STATUS][0])
+        self.status_message = _text(f[schema.STATUS_MESSAGE][0]).rstrip("\x00")
+
+    # -- small series ------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.status == Status.FINISHED
+
+    @property
+    def status_name(self) -> str:
+        return Status.NAMES.get(self.status, f"unknown ({self.status})")
+
+    def attr(self, key: str, default=None):
+        value = self._file.attrs.get(key, default)
+        return _text(value) if isinstance(value, bytes) else value
+
+    def series(self, path: str) -> np.ndarray:
+        return self._file[path][: self.n_steps]
+
+    def loss(self) -> np.ndarray:
+        return self.series(schema.LOSS)
+
+    def has(self) -> np.ndarray:
+        return self.series(schema.HAS)
+
+    def times(self) -> np.ndarray:
+        return self.series(schema.TIME)
+
+    def batch_digests(self) -> np.ndarray:
+        return self.series(schema.BATCH_DIGEST)
+
+    def rollups(self, kind: str) -> np.ndarray:
+        return self.series(schema.ROLLUP)[:, schema.KINDS.index(kind)]
+
+    def heartbeats(self) -> list[Heartbeat]:
+        rows = self._file[schema.HEARTBEAT][()]
+        return [Heartbeat(float(t), int(s)) for t, s in rows]
+
+    def last_alive(self) -> Optional[float]:
+        """The latest sign of life: a heartbeat or a recorded step."""
+        beats = self._file[schema.HEARTBEAT]
+        last = float(beats[beats.shape[0] - 1, 0]) if beats.shape[0] else None
+        if self.n_steps:
+            t = float(self._file[schema.TIME][self.n_steps - 1])
+            last = t if last is None else max(last, t)
+        return last
+
+    # -- per-parameter blocks ----------------------------------------------------
+    def digests(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """(steps, P, 2) uint64 digests for step indices [start, stop)."""
+        stop = self.n_steps if stop is None else min(stop, self.n_steps)
+        return self._file[schema.digests_path(kind)][start:stop]
+
+    def stats(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """(steps, P, 6) float32 statistics; columns as :data:`distcheck.digest.STAT_NAMES`."""
+        stop = self.n_steps if stop is None else min(stop, self.n_steps)
+        return self._file[schema.stats_path(kind)][start:stop]
+
+    def full(self, kind: str, step: int, index: int) -> Optional[np.ndarray]:
+        """The full tensor of parameter ``index`` at ``step``, if it was recorded."""
+        group = self._file.get(schema.FULL)
+        if group is None:
+            return None
+        steps = list(group["steps"][()])
+        if step not in steps:
+            return None
+        j = steps.index(step)
+        if not group[f"{kind}_written"][j]:
+            return None
+        return group[f"{kind}/{index}"][j]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "DumpReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

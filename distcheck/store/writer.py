@@ -1,0 +1,192 @@
+"""Writes one rank's dump: buffered, chunked, crash-tolerant.
+
+Rows are buffered for :data:`~distcheck.store.schema.BLOCK` steps and written as
+whole chunks (about 25 us/step for 1,000 parameters, against 300 us for one row a
+step). The file is in HDF5's single-writer/multiple-reader mode, so after every flush
+it is consistent on disk: a rank killed with SIGKILL loses at most the rows since its
+last flush, and the analyzer (or a live reader) can open the file at any time.
+
+A daemon thread appends a heartbeat every few seconds, so a rank that hangs inside a
+collective can be told from a rank that died.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Optional, Sequence
+
+import h5py
+import numpy as np
+
+from distcheck.digest import N_STATS
+from distcheck.store import schema
+from distcheck.store.schema import ParamInfo, Status
+
+
+class DumpWriter:
+    def __init__(
+        self,
+        path: str,
+        params: Sequence[ParamInfo],
+        attrs: dict,
+        full_steps: Sequence[int] = (),
+        flush_seconds: float = 2.0,
+        heartbeat_seconds: float = 2.0,
+    ) -> None:
+        self.path = path
+        self.params = list(params)
+        self.full_steps = sorted(set(int(s) for s in full_steps))
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()
+        self._last_flush = time.time()
+        self._last_step = -1
+        self._closed = False
+        p = len(self.params)
+        self._rows = 0
+        self._buf = {
+            schema.STEP: np.zeros(schema.BLOCK, np.int64),
+            schema.TIME: np.zeros(schema.BLOCK, np.float64),
+            schema.LOSS: np.full(schema.BLOCK, np.nan, np.float64),
+            schema.HAS: np.zeros(schema.BLOCK, np.uint8),
+            schema.BATCH_DIGEST: np.zeros((schema.BLOCK, 2), np.uint64),
+            schema.ROLLUP: np.zeros((schema.BLOCK, len(schema.KINDS), 2), np.uint64),
+        }
+        for kind in schema.KINDS:
+            self._buf[schema.digests_path(kind)] = np.zeros((schema.BLOCK, p, 2), np.uint64)
+            self._buf[schema.stats_path(kind)] = np.full((schema.BLOCK, p, N_STATS), np.nan, np.float32)
+        self._file = h5py.File(path, "w", libver="latest")
+        self._create(attrs)
+        self._file.swmr_mode = True
+        self._file.flush()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_seconds,), name="distcheck-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+
+    # -- layout ------------------------------------------------------------------
+    def _create(self, attrs: dict) -> None:
+        f = self._file
+        f.attrs["format"] = schema.FORMAT
+        f.attrs["format_version"] = schema.VERSION
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        names = [p.name for p in self.params]
+        str_t = h5py.string_dtype()
+        f.create_dataset("params/name", data=np.array(names, dtype=object), dtype=str_t)
+        f.create_dataset("params/shape", data=np.array([json.dumps(list(p.shape)) for p in self.params], dtype=object), dtype=str_t)
+        f.create_dataset("params/dtype", data=np.array([p.dtype for p in self.params], dtype=object), dtype=str_t)
+        f.create_dataset("params/trainable", data=np.array([p.trainable for p in self.params], dtype=bool))
+        f.create_dataset("params/has_grad", data=np.array([p.has_grad for p in self.params], dtype=bool))
+        for path, buf in self._buf.items():
+            f.create_dataset(path, shape=(0, *buf.shape[1:]), maxshape=(None, *buf.shape[1:]),
+                             chunks=(schema.BLOCK, *buf.shape[1:]), dtype=buf.dtype)
+        f.create_dataset(schema.HEARTBEAT, shape=(0, 2), maxshape=(None, 2), chunks=(256, 2), dtype=np.float64)
+        f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
+        f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
+        if self.full_steps:
+            full = f.create_group(schema.FULL)
+            full.create_dataset("steps", data=np.array(self.full_steps, np.int64))
+            for kind in schema.KINDS:
+                full.create_dataset(f"{kind}_written", data=np.zeros(len(self.full_steps), bool))
+                for i, p in enumerate(self.params):
+                    dtype = np.uint16 if p.dtype == "bfloat16" else np.dtype(p.dtype)
+                    full.create_dataset(f"{kind}/{i}", shape=(len(self.full_steps), *p.shape), dtype=dtype)
+
+    # -- rows --------------------------------------------------------------------
+    def append(
+        self,
+        step: int,
+        loss: Optional[float],
+        batch_digest: Optional[tuple[int, int]],
+        digests: dict[str, np.ndarray],
+        stats: dict[str, np.ndarray],
+        rollups: dict[str, tuple[int, int]],
+    ) -> None:
+        """Buffer one step. ``digests``/``stats`` map a kind (param, grad) to (P, 2)/(P, 6)."""
+        with self._lock:
+            i = self._rows
+            b = self._buf
+            has = 0
+            b[schema.STEP][i] = step
+            b[schema.TIME][i] = time.time()
+            b[schema.LOSS][i] = np.nan if loss is None else loss
+            has |= 0 if loss is None else schema.HAS_LOSS
+            b[schema.BATCH_DIGEST][i] = batch_digest or (0, 0)
+            has |= 0 if batch_digest is None else schema.HAS_BATCH
+            for k, kind in enumerate(schema.KINDS):
+                if kind in digests:
+                    b[schema.digests_path(kind)][i] = digests[kind]
+                    b[schema.stats_path(kind)][i] = stats[kind]
+                    b[schema.ROLLUP][i, k] = rollups[kind]
+                    has |= schema.HAS_PARAMS if kind == "param" else schema.HAS_GRADS
+                else:
+                    b[schema.digests_path(kind)][i] = 0
+                    b[schema.stats_path(kind)][i] = np.nan
+                    b[schema.ROLLUP][i, k] = 0
+            b[schema.HAS][i] = has
+            self._rows += 1
+            self._last_step = step
+            due = time.time() - self._last_flush >= self.flush_seconds
+            if self._rows == schema.BLOCK or due:
+                self._flush_locked()
+
+    def write_full(self, step: int, kind: str, index: int, array: np.ndarray) -> None:
+        if step not in self.full_steps:
+            return
+        j = self.full_steps.index(step)
+        with self._lock:
+            self._file[f"{schema.FULL}/{kind}/{index}"][j] = array
+            self._file[f"{schema.FULL}/{kind}_written"][j] = True
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._closed:
+            return
+        n = self._rows
+        if n:
+            for path, buf in self._buf.items():
+                ds = self._file[path]
+                start = ds.shape[0]
+                ds.resize(start + n, axis=0)
+                ds[start:start + n] = buf[:n]
+            self._rows = 0
+        self._beat_locked()
+        self._file.flush()
+        self._last_flush = time.time()
+
+    def _beat_locked(self) -> None:
+        ds = self._file[schema.HEARTBEAT]
+        n = ds.shape[0]
+        ds.resize(n + 1, axis=0)
+        ds[n] = (time.time(), self._last_step)
+
+    def _beat(self, every: float) -> None:
+        while not self._heartbeat_stop.wait(every):
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    self._beat_locked()
+                    self._file.flush()
+                except Exception:  # the file is gone or broken; the main thread will say so
+                    return
+
+    # -- end ---------------------------------------------------------------------
+    def close(self, status: int = Status.FINISHED, message: str = "") -> None:
+        """Flush what is buffered and record how the rank ended. Safe to call twice."""
+        self._heartbeat_stop.set()
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            self._file[schema.STATUS][0] = status
+            encoded = message.encode("utf-8", "replace")[: schema.STATUS_MESSAGE_BYTES]
+            self._file[schema.STATUS_MESSAGE][0] = encoded
+            self._file.flush()
+            self._closed = True
+            self._file.close()

@@ -1,0 +1,218 @@
+"""Train a tiny MLP with MindSpore ``Model.train``, alone or data-parallel.
+
+This is an ordinary user training script: it knows nothing about distcheck.
+It runs on CPU in a few seconds and is the project's example of an
+unmodified script that distcheck attaches to from outside.
+
+Run it alone::
+
+    python scripts/train_mlp.py
+
+or data-parallel with msrun (N ranks on one machine)::
+
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8118 \\
+          --log_dir=msrun_log --join=True scripts/train_mlp.py
+
+``--bug NAME`` plants one of the classic data-parallel mistakes on one rank
+(``--bug-rank``, default the last rank) so that a checker has something to
+find:
+
+  none        clean run
+  seed        the bug rank seeds its initial weights differently
+  standalone  parallel mode is left at STAND_ALONE: gradients not all-reduced
+  lr          the bug rank uses another learning rate
+  nudge       before update S the bug rank adds a tiny value to one weight
+  nan         the bug rank's batch S contains an Inf: its loss is NaN at step S
+  bn          the net has BatchNorm1d (not synced): moving stats diverge
+  unsharded   every rank reads the same, unsharded data
+  kill        the bug rank SIGKILLs itself at the end of step S
+
+Steps are counted from 1, like ``cur_step_num`` in callbacks.
+
+Note: under msrun this file also runs in the scheduler process, which exits
+inside ``init()``; so nothing is printed or written before ``init()`` returns.
+"""
+
+import argparse
+import os
+import signal
+
+import numpy as np
+
+import mindspore as ms
+import mindspore.dataset as ds
+from mindspore import nn
+from mindspore.communication import get_group_size, get_rank, init
+from mindspore.train import Callback, Model
+
+BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill")
+
+NUM_FEATURES = 16
+NUM_CLASSES = 4
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=12, help="training steps (default 12)")
+    p.add_argument("--batch-size", type=int, default=16, help="per-rank batch size")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
+    p.add_argument("--sink", action="store_true", help="dataset_sink_mode=True")
+    p.add_argument("--sink-size", type=int, default=4, help="steps per sink (with --sink)")
+    p.add_argument("--bug", choices=BUGS, default="none", help="planted bug (default none)")
+    p.add_argument("--bug-rank", type=int, default=-1, help="rank with the bug (default: last)")
+    p.add_argument("--bug-step", type=int, default=5, help="step S for nudge/nan/kill (default 5)")
+    return p.parse_args()
+
+
+def launched_distributed():
+    """True when started by msrun (or a hand-made MindSpore dynamic cluster)."""
+    return "MS_ROLE" in os.environ or "MS_WORKER_NUM" in os.environ
+
+
+class MLP(nn.Cell):
+    def __init__(self, batch_norm=False):
+        super().__init__()
+        self.fc1 = nn.Dense(NUM_FEATURES, 32)
+        self.bn = nn.BatchNorm1d(32) if batch_norm else None
+        self.fc2 = nn.Dense(32, 32)
+        self.fc3 = nn.Dense(32, NUM_CLASSES)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        x = self.fc1(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        x = self.relu(x)
+        x = self.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def synthetic_data(num_samples, seed=0):
+    """A fixed, learnable classification problem (same on every rank)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_samples, NUM_FEATURES)).astype(np.float32)
+    w = rng.standard_normal((NUM_FEATURES, NUM_CLASSES)).astype(np.float32)
+    y = np.argmax(x @ w, axis=1).astype(np.int32)
+    return x, y
+
+
+def create_dataset(args, rank, group_size, sharded=True, inf_at_step=None):
+    """Each rank gets ``steps_per_epoch`` batches of its own shard."""
+    steps_per_epoch = args.sink_size if args.sink else args.steps
+    x, y = synthetic_data(steps_per_epoch * args.batch_size * group_size)
+    if sharded:
+        dataset = ds.NumpySlicesDataset({"x": x, "y": y}, shuffle=False,
+                                        num_shards=group_size, shard_id=rank)
+    else:
+        dataset = ds.NumpySlicesDataset({"x": x, "y": y}, shuffle=False)
+
+    if inf_at_step is None:
+        dataset = dataset.batch(args.batch_size, drop_remainder=True)
+    else:
+        # Corrupt one input value of the batch used at step `inf_at_step`.
+        def put_inf(xs, ys, info):
+            step = info.get_epoch_num() * steps_per_epoch + info.get_batch_num() + 1
+            if step == inf_at_step:
+                xs = [v.copy() for v in xs]
+                xs[0][0] = np.inf
+            return xs, ys
+        dataset = dataset.batch(args.batch_size, drop_remainder=True,
+                                per_batch_map=put_inf, input_columns=["x", "y"])
+    return dataset.take(steps_per_epoch)
+
+
+class PrintLoss(Callback):
+    """Print the loss of each step (unlike LossMonitor, it does not stop on NaN)."""
+
+    def __init__(self, rank):
+        super().__init__()
+        self.rank = rank
+
+    def on_train_step_end(self, run_context):
+        cb = run_context.original_args()
+        loss = float(cb.net_outputs.asnumpy())
+        print(f"rank {self.rank} step {cb.cur_step_num} loss {loss:.6f}", flush=True)
+
+
+class NudgeWeight(Callback):
+    """Bug `nudge`: add a tiny value to one weight before update `step`."""
+
+    def __init__(self, param, step, delta=1e-4):
+        super().__init__()
+        self.param, self.step, self.delta = param, step, delta
+
+    def nudge(self):
+        self.param.set_data(ms.Tensor(self.param.asnumpy() + self.delta))
+
+    def on_train_begin(self, run_context):
+        if self.step <= 1:
+            self.nudge()
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num == self.step - 1:
+            self.nudge()
+
+
+class KillSelf(Callback):
+    """Bug `kill`: die abruptly (as from the OOM killer) at the end of `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main():
+    args = parse_args()
+    mode = ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=mode)
+    ms.set_device("CPU")
+
+    if launched_distributed():
+        init()  # the msrun scheduler process never returns from here
+        rank, group_size = get_rank(), get_group_size()
+        if args.bug != "standalone":
+            ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                         gradients_mean=True)
+    else:
+        rank, group_size = 0, 1
+    bug_rank = args.bug_rank % group_size
+    on_bug_rank = rank == bug_rank and args.bug != "none"
+
+    ms.set_seed(args.seed + 1000 if on_bug_rank and args.bug == "seed" else args.seed)
+
+    net = MLP(batch_norm=args.bug == "bn")
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    lr = args.lr * 2 if on_bug_rank and args.bug == "lr" else args.lr
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=lr, momentum=0.9)
+    model = Model(net, loss_fn=loss_fn, optimizer=optimizer)
+
+    dataset = create_dataset(
+        args, rank, group_size,
+        sharded=args.bug != "unsharded",
+        inf_at_step=args.bug_step if on_bug_rank and args.bug == "nan" else None)
+
+    callbacks = [PrintLoss(rank)]
+    if on_bug_rank and args.bug == "nudge":
+        callbacks.append(NudgeWeight(net.fc1.weight, args.bug_step))
+    if on_bug_rank and args.bug == "kill":
+        callbacks.append(KillSelf(args.bug_step))
+
+    print(f"rank {rank}/{group_size} bug={args.bug} bug_rank={bug_rank} "
+          f"mode={args.mode} sink={args.sink} steps={args.steps}", flush=True)
+    if args.sink:
+        epochs = -(-args.steps // args.sink_size)
+        model.train(epochs, dataset, callbacks=callbacks,
+                    dataset_sink_mode=True, sink_size=args.sink_size)
+    else:
+        model.train(1, dataset, callbacks=callbacks, dataset_sink_mode=False)
+    print(f"rank {rank} done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
