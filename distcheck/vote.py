@@ -30,19 +30,26 @@ def majority(values: Sequence[Hashable]) -> Vote:
     return Vote(False, tuple(range(len(values))), False)
 
 
-def outlier_mask(digests: np.ndarray) -> np.ndarray:
+def outlier_mask(digests: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised vote over many columns at once.
 
     ``digests`` has shape (R, ..., 2): R replicas, any number of columns, a 128-bit
-    digest as two words. Returns a bool array of shape (R, ...) that is True where a
-    replica is an outlier: it differs from a strict majority, or the column has
-    disagreement with no strict majority (then every replica is marked).
+    digest as two words. ``present`` (R, ...) marks which replicas have a value in a
+    column (all, by default); absent ones neither vote nor count as outliers.
+
+    Returns ``(outliers, has_majority)``: ``outliers`` (R, ...) is True where a
+    present replica differs from a strict majority of the present replicas, or where
+    the column disagrees with no strict majority (then every present replica is
+    marked); ``has_majority`` (...) says which columns had one.
     """
-    r = digests.shape[0]
-    # same[i, j, ...]: replica i equals replica j
-    same = np.all(digests[:, None] == digests[None, :], axis=-1)
-    support = same.sum(axis=1)  # how many replicas share replica i's value (itself included)
-    in_majority = support * 2 > r
-    column_has_majority = in_majority.any(axis=0)
-    column_disagrees = ~np.all(support == r, axis=0)
-    return np.where(column_has_majority, ~in_majority, column_disagrees)
+    if present is None:
+        present = np.ones(digests.shape[:-1], bool)
+    both = present[:, None] & present[None, :]
+    same = np.all(digests[:, None] == digests[None, :], axis=-1) & both
+    support = same.sum(axis=1)  # replicas sharing replica i's value, itself included
+    voters = present.sum(axis=0)
+    in_majority = (support * 2 > voters) & present
+    has_majority = in_majority.any(axis=0)
+    disagrees = np.any(present & (support < voters), axis=0)
+    outliers = np.where(has_majority, present & ~in_majority, present & disagrees)
+    return outliers, has_majority | ~disagrees

@@ -1,0 +1,77 @@
+"""Post-mortem analysis of a run's dumps: numpy and h5py only, no training framework."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from distcheck.analysis.data import data_not_sharded, loss_nonfinite
+from distcheck.analysis.divergence import episode_findings, scan_group
+from distcheck.analysis.liveness import check_ranks
+from distcheck.analysis.run import InputError, Run, load_run
+from distcheck.analysis.structure import common_structure, replica_groups
+from distcheck.findings import Finding, sort_findings
+
+
+@dataclass
+class Analysis:
+    run: dict[str, Any]
+    findings: list[Finding]
+    errors: list[InputError] = field(default_factory=list)
+
+
+def analyze(dirs: list[str], config: dict[str, Any], extra: Optional[list] = None) -> Analysis:
+    """Load the run in ``dirs`` and judge it. ``extra`` are more checks: ``f(run, config) -> findings``."""
+    run = load_run(dirs)
+    try:
+        findings = consistency(run, config)
+        for check in extra or ():
+            findings.extend(check(run, config))
+        return Analysis(summary(run), sort_findings(findings), list(run.errors))
+    finally:
+        run.close()
+
+
+def consistency(run: Run, config: dict[str, Any]) -> list[Finding]:
+    findings = check_ranks(run)
+    if not run.readers:
+        return findings
+    groups, notes = replica_groups(run, config.get("replica_groups"))
+    findings.extend(notes)
+    limit = int(config.get("max_findings_per_code", 5))
+    for group in groups:
+        present = [r for r in group if r in run.readers]
+        if len(present) < 2:
+            continue
+        members, params, mismatch = common_structure(run, present)
+        findings.extend(mismatch)
+        if len(members) < 2:
+            continue
+        episodes = scan_group(run, members, params)
+        findings.extend(episode_findings(episodes, params, group, run.meta("parallel_mode"), limit))
+        findings.extend(data_not_sharded(run, members))
+    findings.extend(loss_nonfinite(run))
+    return findings
+
+
+def summary(run: Run) -> dict[str, Any]:
+    ranks = {}
+    for rank, reader in sorted(run.readers.items()):
+        ranks[str(rank)] = {
+            "file": reader.path,
+            "status": reader.status_name,
+            "steps_recorded": int(reader.n_steps),
+            "first_step": int(reader.steps[0]) if reader.n_steps else None,
+            "last_step": int(reader.steps[-1]) if reader.n_steps else None,
+            "hostname": reader.attr("hostname"),
+        }
+    return {
+        "dirs": run.dirs,
+        "world_size": run.world_size,
+        "ranks_found": run.ranks,
+        "parallel_mode": run.meta("parallel_mode"),
+        "framework": run.meta("framework"),
+        "framework_version": run.meta("framework_version"),
+        "every": run.meta("every"),
+        "sink_size": run.meta("sink_size"),
+        "ranks": ranks,
+    }

@@ -1,0 +1,247 @@
+"""Where replicas part ways: the first step, parameters and ranks, by majority vote.
+
+For one replica group, every recorded step is voted on, parameter by parameter, for
+three sets of columns: trainable parameters, non-trainable ones (buffers) and
+post-reduce gradients. A *divergence episode* starts where a (rank, parameter) pair
+becomes an outlier that was not one at the previous recorded step; one finding is
+made per episode, so a seed mismatch that persists for 10,000 steps is one finding.
+
+Speed: each step's digests are rolled up into one digest per kind when written.
+Blocks of steps whose rollups agree on every rank are never read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from distcheck.analysis.run import Run
+from distcheck.findings import Finding, Severity, name_list
+from distcheck.store import schema
+from distcheck.store.schema import ParamInfo
+from distcheck.vote import outlier_mask
+
+BLOCK = schema.BLOCK
+
+
+@dataclass
+class Episode:
+    stage: str  # init, param, buffer, grad
+    step: int
+    prev_step: Optional[int]
+    columns: list[int]
+    ranks: list[int]
+    has_majority: bool
+    grads_differed: Optional[bool] = None  # param episodes: did the same step's gradients differ?
+    magnitude: list[str] = field(default_factory=list)
+
+
+class _Tracker:
+    """Remembers who was an outlier at the previous step, and logs new ones."""
+
+    def __init__(self, stage: str, columns: np.ndarray, members: list[int]) -> None:
+        self.stage, self.columns, self.members = stage, columns, members
+        self.prev = np.zeros((len(members), len(columns)), bool)
+        self.episodes: list[Episode] = []
+
+    def update(self, step: int, prev_step: Optional[int], bad: np.ndarray, majority: np.ndarray) -> Optional[Episode]:
+        bad = bad[:, self.columns]
+        new = bad & ~self.prev
+        self.prev = bad
+        if not new.any():
+            return None
+        cols = np.flatnonzero(new.any(axis=0))
+        episode = Episode(self.stage, step, prev_step, [int(self.columns[c]) for c in cols],
+                          [self.members[i] for i in np.flatnonzero(new.any(axis=1))],
+                          bool(majority[self.columns[cols]].all()))
+        self.episodes.append(episode)
+        return episode
+
+
+def scan_group(run: Run, members: list[int], params: list[ParamInfo]) -> list[Episode]:
+    """Vote on every recorded step of one replica group; return the episodes in order."""
+    readers = [run.readers[r] for r in members]
+    steps = np.unique(np.concatenate([r.steps for r in readers])) if readers else np.zeros(0, np.int64)
+    trainable = np.array([p.trainable for p in params], bool)
+    with_grad = np.array([p.has_grad for p in params], bool)
+    trackers = {
+        "param": _Tracker("param", np.flatnonzero(trainable), members),
+        "buffer": _Tracker("buffer", np.flatnonzero(~trainable), members),
+        "grad": _Tracker("grad", np.flatnonzero(with_grad), members),
+    }
+    rows = [_rows_for(r.steps, steps) for r in readers]  # row index of each union step, -1 if absent
+    has = np.stack([_take(r.has(), idx, 0) for r, idx in zip(readers, rows)])  # (R, T)
+    present = {
+        "param": has & schema.HAS_PARAMS != 0,
+        "grad": has & schema.HAS_GRADS != 0,
+    }
+    calm = {kind: _rollups_agree(np.stack([_take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)]),
+                                 present[kind]) for kind in schema.KINDS}
+    prev_step: Optional[int] = None
+    for start in range(0, len(steps), BLOCK):
+        stop = min(start + BLOCK, len(steps))
+        block = {}
+        for kind in schema.KINDS:
+            if calm[kind][start:stop].all():
+                block[kind] = None
+            else:
+                digests = np.stack([_read_block(r, kind, idx[start:stop], len(params))
+                                    for r, idx in zip(readers, rows)])  # (R, t, P, 2)
+                mask = np.broadcast_to(present[kind][:, start:stop, None], digests.shape[:-1])
+                block[kind] = outlier_mask(digests, mask)
+        for t in range(stop - start):
+            step = int(steps[start + t])
+            views = {}
+            for kind in schema.KINDS:
+                if block[kind] is None:
+                    views[kind] = (np.zeros((len(members), len(params)), bool), np.ones(len(params), bool))
+                else:
+                    outliers, majority = block[kind]
+                    views[kind] = (outliers[:, t], majority[t])
+            grad_bad = views["grad"][0]
+            grads_recorded = bool(present["grad"][:, start + t].any())
+            trackers["grad"].update(step, prev_step, *views["grad"])
+            trackers["buffer"].update(step, prev_step, *views["param"])
+            episode = trackers["param"].update(step, prev_step, *views["param"])
+            if episode is not None:
+                if step == 0:
+                    episode.stage = "init"
+                elif grads_recorded:
+                    episode.grads_differed = bool(grad_bad[:, episode.columns].any())
+            prev_step = step
+    episodes = [e for tr in trackers.values() for e in tr.episodes]
+    for e in episodes:
+        e.magnitude = _magnitude(run, members, params, e)
+    return sorted(episodes, key=lambda e: (e.step, e.stage))
+
+
+def _rows_for(rank_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(rank_steps, steps)
+    idx = np.minimum(idx, max(len(rank_steps) - 1, 0))
+    found = (len(rank_steps) > 0) & (rank_steps[idx] == steps) if len(rank_steps) else np.zeros(len(steps), bool)
+    return np.where(found, idx, -1)
+
+
+def _take(series: np.ndarray, idx: np.ndarray, fill) -> np.ndarray:
+    out = np.full((len(idx), *series.shape[1:]), fill, dtype=series.dtype)
+    ok = idx >= 0
+    out[ok] = series[idx[ok]]
+    return out
+
+
+def _rollups_agree(rollups: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(T,) True where every present rank has the same rollup digest."""
+    outliers, _ = outlier_mask(rollups, present)
+    return ~outliers.any(axis=0)
+
+
+def _read_block(reader, kind: str, idx: np.ndarray, n_params: int) -> np.ndarray:
+    out = np.zeros((len(idx), n_params, 2), np.uint64)
+    ok = idx >= 0
+    if ok.any():
+        lo, hi = int(idx[ok].min()), int(idx[ok].max()) + 1
+        rows = reader.digests(kind, lo, hi)
+        out[ok] = rows[idx[ok] - lo]
+    return out
+
+
+def _magnitude(run: Run, members: list[int], params: list[ParamInfo], e: Episode) -> list[str]:
+    """How far apart: full-tensor max |diff| where kept, else the L2 norms on each side."""
+    kind = "grad" if e.stage == "grad" else "param"
+    good = [r for r in members if r not in e.ranks]
+    if not good:
+        return []
+    ref = run.readers[good[0]]
+    notes = []
+    for col in e.columns[:3]:
+        name = params[col].name
+        for rank in e.ranks[:2]:
+            reader = run.readers[rank]
+            mine, theirs = reader.full(kind, e.step, col), ref.full(kind, e.step, col)
+            if mine is not None and theirs is not None and mine.shape == theirs.shape:
+                diff = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
+                notes.append(f"{name}: max |diff| {np.nanmax(diff):.3g} between rank {rank} and rank {ref.rank}")
+                continue
+            l2_mine, l2_ref = _l2(reader, kind, e.step, col), _l2(ref, kind, e.step, col)
+            if l2_mine is not None and l2_ref is not None:
+                notes.append(f"{name}: L2 norm {l2_mine:.6g} on rank {rank}, {l2_ref:.6g} on rank {ref.rank}")
+    return notes
+
+
+def _l2(reader, kind: str, step: int, col: int) -> Optional[float]:
+    where = np.flatnonzero(reader.steps == step)
+    if not len(where):
+        return None
+    i = int(where[0])
+    return float(reader.stats(kind, i, i + 1)[0, col, 3])
+
+
+# -- findings -------------------------------------------------------------------
+def episode_findings(episodes: list[Episode], params: list[ParamInfo], group: list[int],
+                     parallel_mode: Optional[str], limit: int) -> list[Finding]:
+    findings: list[Finding] = []
+    counts: dict[str, int] = {}
+    grad_episodes = [e for e in episodes if e.stage == "grad"]
+    for e in episodes:
+        finding = _finding(e, params, group, parallel_mode, grad_episodes)
+        counts[finding.code] = counts.get(finding.code, 0) + 1
+        if counts[finding.code] <= limit:
+            findings.append(finding)
+    return findings
+
+
+def _finding(e: Episode, params: list[ParamInfo], group: list[int], parallel_mode: Optional[str],
+             grad_episodes: list[Episode]) -> Finding:
+    names = tuple(params[c].name for c in e.columns)
+    who = _who(e, group)
+    where = _where(e)
+    extra = f" {'; '.join(e.magnitude)}." if e.magnitude else ""
+    if e.stage == "init":
+        message = (f"Trainable parameters differ at step 0, before any update: {who} in "
+                   f"{len(names)} parameter(s): {name_list(names)}. Typical cause: a different random "
+                   f"seed on those ranks (call set_seed with the same value on every rank before building "
+                   f"the network), or a checkpoint loaded on some ranks only.{extra}")
+        return Finding("init_mismatch", Severity.ERROR, "init", e.step, tuple(e.ranks), names, message)
+    if e.stage == "grad":
+        hint = ("The job ran with parallel_mode stand_alone, so gradients are never all-reduced: set "
+                "parallel_mode=DATA_PARALLEL. " if parallel_mode == "stand_alone" and len(group) > 1 else "")
+        message = (f"Post-reduce gradients differ {where}: {who} in {len(names)} parameter(s): "
+                   f"{name_list(names)}. {hint}Causes: the gradient reduction is missing or partial, "
+                   f"uses the wrong group, or data was corrupted.{extra}")
+        return Finding("grad_divergence", Severity.ERROR, "grad", e.step, tuple(e.ranks), names, message)
+    if e.stage == "buffer":
+        message = (f"Non-trainable parameters differ {where}: {who} in {name_list(names)}. This is "
+                   "expected for BatchNorm moving statistics without synchronized BatchNorm; it does not "
+                   f"affect the trained weights, but evaluation differs by rank.{extra}")
+        return Finding("buffer_divergence", Severity.WARNING, "buffer", e.step, tuple(e.ranks), names, message)
+    caused_by = None
+    if e.grads_differed:
+        cause = [g for g in grad_episodes if g.step <= e.step]
+        caused_by = f"grad_divergence@{cause[-1].step}" if cause else None
+        why = "The gradients of that step also differed, so this follows from the gradient divergence."
+    elif e.grads_differed is False:
+        why = ("The gradients of that step agreed on every rank, so the update itself was inconsistent: "
+               "optimizer settings (learning rate, weight decay, loss scale) or optimizer state differ, "
+               "or something wrote to the parameters outside the optimizer.")
+    else:
+        why = "Gradients were not recorded at that step, so it is unknown whether they agreed."
+    message = f"Parameters agreed before and differ {where}: {who} in {name_list(names)}. {why}{extra}"
+    return Finding("param_divergence", Severity.ERROR, "param", e.step, tuple(e.ranks), names, message,
+                   caused_by=caused_by)
+
+
+def _who(e: Episode, group: list[int]) -> str:
+    ranks = ", ".join(str(r) for r in e.ranks)
+    if e.has_majority:
+        return f"rank(s) {ranks} differ from the majority of replica group {group}"
+    return (f"ranks {ranks} disagree and no majority decides which is right (replica group {group}); "
+            "all are suspects")
+
+
+def _where(e: Episode) -> str:
+    if e.prev_step is None:
+        return f"at step {e.step}, the first recorded step"
+    if e.prev_step == e.step - 1:
+        return f"after the update of step {e.step}"
+    return f"at step {e.step} (they agreed at step {e.prev_step}, the previous recorded step)"

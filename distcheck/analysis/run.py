@@ -1,0 +1,91 @@
+"""A run: every rank's dump found in one or more run directories.
+
+Several directories (one per node of a multi-node job) merge into one run. Problems
+with the input (a missing directory, a damaged file, a rank written twice) are kept
+as :class:`InputError`\\ s so the readable ranks can still be analysed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from distcheck.store import schema
+from distcheck.store.reader import DumpError, DumpReader
+
+
+@dataclass(frozen=True)
+class InputError:
+    path: str
+    message: str
+    rank: Optional[int] = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Run:
+    dirs: list[str]
+    readers: dict[int, DumpReader] = field(default_factory=dict)
+    errors: list[InputError] = field(default_factory=list)
+    unreadable_ranks: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(self.readers)
+
+    @property
+    def world_size(self) -> int:
+        sizes = [r.world_size for r in self.readers.values()]
+        known = max(sizes) if sizes else 0
+        highest = max([*self.readers, *self.unreadable_ranks], default=-1) + 1
+        return max(known, highest)
+
+    def meta(self, key: str, default=None):
+        """A metadata value as most ranks recorded it."""
+        values = [r.meta.get(key, default) for r in self.readers.values()]
+        if not values:
+            return default
+        return max(values, key=lambda v: sum(1 for w in values if w == v))
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+
+
+def load_run(dirs: list[str]) -> Run:
+    run = Run(dirs=list(dirs))
+    for directory in dirs:
+        if not os.path.isdir(directory):
+            run.errors.append(InputError(directory, f"{directory}: no such run directory"))
+            continue
+        names = sorted(n for n in os.listdir(directory) if schema.FILE_PATTERN.match(n))
+        if not names:
+            run.errors.append(InputError(directory, f"{directory}: no rank files (rank_NNNNN.h5) found; "
+                                         "is this the directory printed by 'distcheck launch'?"))
+            continue
+        for name in names:
+            _load_file(run, os.path.join(directory, name), int(schema.FILE_PATTERN.match(name).group(1)))
+    return run
+
+
+def _load_file(run: Run, path: str, rank_from_name: int) -> None:
+    try:
+        reader = DumpReader(path)
+    except DumpError as exc:
+        run.errors.append(InputError(path, str(exc), rank_from_name))
+        run.unreadable_ranks[rank_from_name] = exc.problem
+        return
+    if reader.rank != rank_from_name:
+        run.errors.append(InputError(path, f"{path}: file name says rank {rank_from_name} but the dump "
+                                     f"says rank {reader.rank}; rename or remove it", rank_from_name))
+        reader.close()
+        return
+    if reader.rank in run.readers:
+        other = run.readers[reader.rank].path
+        run.errors.append(InputError(path, f"{path}: rank {reader.rank} is also in {other}; give each "
+                                     "node's run directory once, and one run per directory", reader.rank))
+        reader.close()
+        return
+    run.readers[reader.rank] = reader

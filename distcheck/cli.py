@@ -1,0 +1,154 @@
+"""The ``distcheck`` command: ``launch``, ``analyze``.
+
+Exit codes (also in the README):
+  0  nothing at or above ``--fail-on``
+  1  findings at or above ``--fail-on`` (default: error)
+  2  usage, configuration or input errors (the readable ranks are still analysed)
+  3  ``launch`` only: the training job itself failed (the report covers what was recorded)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from distcheck import __version__
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_JOB_FAILED = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; the message says what to do."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_INPUT
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"distcheck: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("distcheck: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distcheck",
+        description="Find where data-parallel replicas of a MindSpore job part ways, and why.",
+        epilog="Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage or input error, "
+               "3 the launched job failed.")
+    parser.add_argument("--version", action="version", version=f"distcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="analyse the dumps of a finished (or crashed) run",
+                       description="Analyse the per-rank dumps in RUN_DIR (several directories, one per "
+                                   "node, are merged into one run).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    add_report_options(p)
+    p.set_defaults(handler=cmd_analyze)
+
+    p = sub.add_parser("launch", help="run a training job with probes attached, then analyse it",
+                       description="Launch CMD on N ranks with distcheck attached to every Model.train "
+                                   "call (no change to the script), then print the analysis.")
+    p.add_argument("-n", "--nproc", type=int, required=True, metavar="N", help="total number of ranks")
+    p.add_argument("--launcher", choices=("auto", "msrun", "mpirun", "none"), default="auto",
+                   help="auto: none for -n 1, else msrun if installed, else mpirun")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--every", type=int, default=1, metavar="K", help="record every K-th step (default 1)")
+    p.add_argument("--full-steps", default="", metavar="S,S,...",
+                   help="steps at which whole tensors are kept too, to measure divergences")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop the job when the online check finds replicas that differ")
+    p.add_argument("--online-every", type=int, default=0, metavar="K",
+                   help="also run the online cross-rank check every K recorded steps (default: step 0 only)")
+    p.add_argument("--flush-seconds", type=float, default=2.0, metavar="S",
+                   help="write buffered rows to disk at least this often (default 2; 0: every step)")
+    p.add_argument("--no-analyze", action="store_true", help="do not analyse after the job")
+    p.add_argument("--local-n", type=int, metavar="M", help="msrun: ranks on this node (default: N)")
+    p.add_argument("--master-addr", metavar="HOST", help="msrun: scheduler host for multi-node jobs")
+    p.add_argument("--master-port", type=int, metavar="PORT", help="scheduler port (default: a free one)")
+    p.add_argument("--node-rank", type=int, metavar="I", help="msrun: this node's rank")
+    p.add_argument("--launcher-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG to msrun or mpirun as it is (repeatable)")
+    add_report_options(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.set_defaults(handler=cmd_launch)
+    return parser
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
+                   help="lowest severity that makes the exit code 1 (default: error)")
+    p.add_argument("--config", metavar="FILE", help="YAML settings overriding configs/default.yaml")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    return report(args.run_dirs, config, args)
+
+
+def report(run_dirs: list[str], config: dict, args: argparse.Namespace) -> int:
+    from distcheck.analysis import analyze
+    from distcheck.findings import Severity
+
+    analysis = analyze(run_dirs, config)
+    if args.format == "json":
+        from distcheck.report.json_report import render_json
+
+        text = render_json(analysis)
+    else:
+        from distcheck.report.text import render_text
+
+        text = render_text(analysis)
+    _emit(text, args.output)
+    for err in analysis.errors:
+        print(f"distcheck: input error: {err.message}", file=sys.stderr)
+    if analysis.errors:
+        return EXIT_INPUT
+    if args.fail_on == "never":
+        return EXIT_OK
+    floor = Severity(args.fail_on).rank
+    return EXIT_FINDINGS if any(f.severity.rank >= floor for f in analysis.findings) else EXIT_OK
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from distcheck.launch import launch
+
+    config = _config(args.config)
+    return launch(args, config)
+
+
+def _config(path: Optional[str]) -> dict:
+    from distcheck.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _emit(text: str, output: Optional[str]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        directory = os.path.dirname(os.path.abspath(output))
+        os.makedirs(directory, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {output}: {exc}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`DistcheckCallback`: record a `Model.train` run with a `Probe`.
+
+Steps are labelled with MindSpore's `cur_step_num` (the number of updates so far),
+never with a counter of callback calls. In dataset sink mode on Ascend/GPU a step-end
+callback fires once per `sink_size` steps, so the recorded steps are simply sparse
+(and the batch of those steps is not available on the host). On CPU the callback
+fires after every step even in sink mode.
+"""
+
+from __future__ import annotations
+
+from mindspore.nn import Cell
+from mindspore.train import Callback, RunContext
+
+from distcheck.mindspore.capture import GradCapture, find_grad_capture, install_grad_capture
+from distcheck.mindspore.probe import Probe, split_outputs
+from distcheck.recorder import ProbeOptions, log
+
+
+class DistcheckCallback(Callback):
+    """Records parameters, post-AllReduce gradients, loss and batch of this rank.
+
+    Add it to `Model.train(..., callbacks=[...])`, or let `distcheck.mindspore.attach()`
+    do it. One instance records one `Model.train` call.
+
+    Args:
+        run_dir: where the dump goes; defaults to `$DISTCHECK_RUN_DIR`.
+        options: what to record; defaults to `ProbeOptions.from_env()`.
+    """
+
+    def __init__(self, run_dir: str | None = None, options: ProbeOptions | None = None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.options = options
+        self.probe: Probe | None = None
+
+    def on_train_begin(self, run_context: RunContext) -> None:
+        if self.probe is not None:
+            return  # already used for an earlier Model.train call
+        args = run_context.original_args()
+        sink = args.get("sink_size") if args.get("dataset_sink_mode") else None
+        self.probe = Probe(args.network, run_dir=self.run_dir, options=self.options, meta={"sink_size": sink})
+        with self.probe.guard("cannot wrap the optimizer"):
+            capture = _capture_for(args.train_network, self.probe.rank)
+            if capture is not None:
+                self.probe.wrap(capture)
+        self.probe.begin(step=int(args.cur_step_num))
+
+    def on_train_step_end(self, run_context: RunContext) -> None:
+        probe = self.probe
+        if probe is None:
+            return
+        args = run_context.original_args()
+        step = int(args.cur_step_num)
+        if not probe.wants(step):
+            return
+        with probe.guard(f"step {step}"):
+            loss, overflowed = split_outputs(args.net_outputs)
+            probe.step_end(step, loss, batch=args.get("train_dataset_element"), grads_valid=not overflowed)
+
+    def on_train_end(self, run_context: RunContext) -> None:
+        if self.probe is not None:
+            self.probe.close(clean=True)
+
+
+def _capture_for(train_network: Cell, rank: str) -> GradCapture | None:
+    """The grad capture of the train network, installing it if the graph is not built yet."""
+    capture = find_grad_capture(train_network)
+    if capture is not None:
+        return capture
+    if train_network.compile_cache:
+        log(f"gradients not recorded on rank {rank}: the train network was compiled before distcheck could "
+            "wrap its optimizer; call distcheck.mindspore.attach() before Model.build()")
+        return None
+    return install_grad_capture(train_network)

@@ -1,0 +1,96 @@
+"""Capture the gradients an optimizer applies, inside the compiled training step.
+
+MindSpore does not hand gradients to callbacks, and in GRAPH_MODE backward hooks are
+dropped (in PYNATIVE_MODE they see the local, pre-AllReduce gradient). The reliable
+place to see the gradient that actually updates the weights is the optimizer's input:
+`nn.TrainOneStepCell` runs its grad reducer (the data-parallel AllReduce) first and
+then calls `self.optimizer(grads)`. `GradCapture` wraps that optimizer and copies each
+gradient into a shadow `Parameter` before the update, so after the step the host can
+read the post-AllReduce gradients with `shadow.asnumpy()`.
+
+With `nn.TrainOneStepWithLossScaleCell` (and `Model(..., loss_scale_manager=...)`) the
+optimizer call, and with it the copy, is skipped on a step whose gradients overflowed:
+the shadows then still hold the previous step's gradients. Callers must check the
+overflow flag in the step outputs (see `probe.split_outputs`) and not record them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mindspore import Parameter, ParameterTuple, nn, ops
+from mindspore.common.initializer import initializer
+
+GRAD_PREFIX = "distcheck_grad."
+"""Name prefix of the shadow parameters. They live in the train network, so a
+checkpoint saved from it contains them too; loading such a checkpoint into a network
+without distcheck only warns about these names."""
+
+
+class GradCapture(nn.Cell):
+    """An optimizer wrapper that keeps a copy of the last gradients it applied.
+
+    Use it wherever the optimizer is called with the gradients, e.g.
+    `nn.TrainOneStepCell(net_with_loss, GradCapture(opt))`. `shadows[i]` holds the
+    gradient of `parameters[i]` from the most recent update.
+    """
+
+    def __init__(self, optimizer: nn.Cell) -> None:
+        # auto_prefix=False keeps the optimizer's state names (moments.*, global_step,
+        # learning_rate) unchanged, so checkpoints look the same as without distcheck.
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.shadows = ParameterTuple(
+            Parameter(initializer("zeros", p.shape, p.dtype), name=GRAD_PREFIX + p.name, requires_grad=False)
+            for p in optimizer.parameters
+        )
+        self.hyper_map = ops.HyperMap()
+        self.assign = ops.Assign()
+
+    @property
+    def parameters(self) -> ParameterTuple:
+        """The wrapped optimizer's parameters (what `nn.TrainOneStepCell` differentiates)."""
+        return self.optimizer.parameters
+
+    def construct(self, gradients):
+        stored = self.hyper_map(self.assign, self.shadows, gradients)
+        gradients = ops.depend(gradients, stored)
+        return self.optimizer(gradients)
+
+
+def _cells(network: nn.Cell) -> Iterator[nn.Cell]:
+    for _, cell in network.cells_and_names():
+        yield cell
+
+
+def find_grad_capture(network: nn.Cell) -> GradCapture | None:
+    """The first `GradCapture` inside `network` (itself included), or None."""
+    for cell in _cells(network):
+        if isinstance(cell, GradCapture):
+            return cell
+    return None
+
+
+def install_grad_capture(train_network: nn.Cell) -> GradCapture | None:
+    """Wrap the optimizer of a (not yet compiled) train network in a `GradCapture`.
+
+    Looks for the first cell that holds an `nn.Optimizer` as its `optimizer` child:
+    `nn.TrainOneStepCell`, `nn.TrainOneStepWithLossScaleCell`, boost cells, or a user
+    cell following the same convention. Idempotent: returns the capture already
+    installed if there is one. Returns None when no such cell exists (then gradients
+    are not recorded). Install before the first step: a train network that has already
+    been compiled in GRAPH_MODE would keep running the old graph.
+    """
+    existing = find_grad_capture(train_network)
+    if existing is not None:
+        return existing
+    for cell in _cells(train_network):
+        children = cell.name_cells()
+        optimizer = children.get("optimizer")
+        if isinstance(optimizer, nn.Optimizer):
+            capture = GradCapture(optimizer)
+            # Replace the child directly: `setattr` would re-prefix parameter names
+            # when the holding cell has auto_prefix=True.
+            cell.insert_child_to_cell("optimizer", capture)
+            return capture
+    return None

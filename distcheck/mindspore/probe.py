@@ -1,0 +1,303 @@
+"""The MindSpore probe: turns one rank's training state into `Recorder` calls.
+
+`Probe` is the API for hand-written training loops, and `DistcheckCallback` (for
+`Model.train`) is a thin layer over it. Example, with the step inside a GRAPH_MODE Cell::
+
+    probe = Probe(network, run_dir="runs/x")      # run_dir defaults to $DISTCHECK_RUN_DIR
+    opt = probe.wrap(optimizer)                   # use `opt` in your TrainStep cell
+    probe.begin()                                 # records step 0
+    for step, (x, y) in enumerate(batches, 1):
+        loss = train_step(x, y)
+        probe.step_end(step, loss, batch=(x, y))
+    probe.close()
+
+A probe never takes training down: any error logs one line
+("distcheck: probe disabled on rank R: ...") and switches the probe off. The one
+exception is `ConsistencyError`, raised on every rank by the online check when the
+user asked for fail-fast.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+import xxhash
+from mindspore import Parameter, Tensor, nn
+
+from distcheck.mindspore.capture import GRAD_PREFIX, GradCapture
+from distcheck.mindspore.world import MindSporeWorld, communication_ready
+from distcheck.recorder import ConsistencyError, ParamInfo, ProbeOptions, Recorder, log, run_dir_from_env
+from distcheck.world import MpiWorld, SingleWorld, World
+
+ENV_COMM = "DISTCHECK_COMM"
+
+
+class Probe:
+    """Records the parameters, post-AllReduce gradients, loss and batch of one rank.
+
+    Args:
+        network: the model; its parameters (trainable or not, e.g. BatchNorm's
+            moving statistics) are recorded in `parameters_and_names()` order. Optimizer
+            state and distcheck's own shadows are left out, so a train cell may be
+            passed too.
+        run_dir: where the dump goes; defaults to `$DISTCHECK_RUN_DIR`. With neither,
+            the probe stays off.
+        options: what to record; defaults to `ProbeOptions.from_env()`.
+        world: how ranks talk; defaults to `default_world()`.
+        meta: extra run metadata, merged over what the probe finds itself.
+    """
+
+    def __init__(self, network: nn.Cell, *, run_dir: str | None = None, options: ProbeOptions | None = None,
+                 world: World | None = None, meta: dict[str, Any] | None = None) -> None:
+        self.network = network
+        self.run_dir = run_dir or run_dir_from_env()
+        self.options = options
+        self.world = world
+        self.meta = dict(meta or {})
+        self.capture: GradCapture | None = None
+        self.enabled = True
+        self._recorder: Recorder | None = None
+        self._params: list[Parameter] = []
+        self._grad_slots: list[int | None] = []
+
+    # -- setup -------------------------------------------------------------------
+    def wrap(self, optimizer: nn.Cell) -> GradCapture:
+        """A `GradCapture` around `optimizer` whose gradients this probe records.
+
+        Call before `begin()`. Passing a `GradCapture` adopts it as is.
+        """
+        capture = optimizer if isinstance(optimizer, GradCapture) else GradCapture(optimizer)
+        self.capture = capture
+        return capture
+
+    def begin(self, step: int = 0) -> None:
+        """Open the dump and record the state before the first update (`step`, normally 0)."""
+        if self._recorder is not None or not self.enabled:
+            return
+        if self.run_dir is None:
+            self._disable("no run directory: pass run_dir or set DISTCHECK_RUN_DIR")
+            return
+        with self.guard("cannot start"):
+            self._params = network_parameters(self.network)
+            self._grad_slots = self._match_grads()
+            infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
+            world = self.world or default_world()
+            self.world = world
+            meta = {**framework_meta(world.size), **self.meta}
+            options = self.options or ProbeOptions.from_env()
+            self._recorder = Recorder.open(self.run_dir, world, infos, meta, options)
+            self._record(step, grads_valid=False, loss=None, batch=None)
+
+    # -- per step ----------------------------------------------------------------
+    def wants(self, step: int) -> bool:
+        """Whether `step` will be recorded (cheap; call it to skip work otherwise)."""
+        return self.enabled and self._recorder is not None and self._recorder.wants(step)
+
+    def step_end(self, step: int, loss: Any = None, batch: Sequence[Any] | None = None,
+                 grads_valid: bool = True) -> None:
+        """Record the state after update number `step` (1-based), if it is due.
+
+        `loss` may be a Tensor, a number or None; `batch` a sequence of Tensors or
+        arrays. Pass `grads_valid=False` for a step whose update was skipped (loss-scale
+        overflow): the captured gradients are then stale and not recorded.
+        """
+        if not self.wants(step):
+            return
+        with self.guard(f"step {step}"):
+            self._record(step, grads_valid, loss_value(loss), batch_arrays(batch))
+
+    def close(self, clean: bool = True) -> None:
+        """Close the dump; `clean=False` marks it as aborted."""
+        recorder, self._recorder = self._recorder, None
+        self.enabled = False
+        if recorder is not None:
+            with self.guard("cannot close"):
+                recorder.close(clean=clean)
+
+    # -- internals ---------------------------------------------------------------
+    def _record(self, step: int, grads_valid: bool, loss: float | None, batch: list[np.ndarray] | None) -> None:
+        params = [to_numpy(p) for p in self._params]
+        grads = None
+        if grads_valid and self.capture is not None:
+            shadows = self.capture.shadows
+            grads = [None if slot is None else to_numpy(shadows[slot]) for slot in self._grad_slots]
+        self._recorder.record(step, params, grads, loss, batch)
+
+    def _match_grads(self) -> list[int | None]:
+        """For each recorded parameter, its slot among the captured gradients."""
+        if self.capture is None:
+            return [None] * len(self._params)
+        slot_of = {id(p): i for i, p in enumerate(self.capture.parameters)}
+        return [slot_of.get(id(p)) for p in self._params]
+
+    @staticmethod
+    def _param_info(param: Parameter, slot: int | None) -> ParamInfo:
+        return ParamInfo(name=param.name, shape=tuple(int(d) for d in param.shape), dtype=dtype_name(param.dtype),
+                         trainable=bool(param.requires_grad), has_grad=slot is not None)
+
+    def guard(self, what: str) -> "_Guard":
+        """Context manager: an error inside logs one line and disables the probe."""
+        return _Guard(self, what)
+
+    def _disable(self, why: str) -> None:
+        log(f"probe disabled on rank {self.rank}: {why}")
+        self.enabled = False
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            try:
+                recorder.close(clean=False)
+            except Exception:  # already reported above; the dump is marked by atexit otherwise
+                pass
+
+    @property
+    def rank(self) -> str:
+        """This rank's number as text (from the environment before the world is known)."""
+        if self.world is not None:
+            return str(self.world.rank)
+        return os.environ.get("RANK_ID", "?")
+
+
+class _Guard:
+    """Turns any error except `ConsistencyError` into one log line and a disabled probe."""
+
+    def __init__(self, probe: Probe, what: str) -> None:
+        self.probe, self.what = probe, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ConsistencyError) or not isinstance(exc, Exception):
+            return False
+        self.probe._disable(f"{self.what}: {type(exc).__name__}: {exc}")
+        return True
+
+
+# -- what to record ------------------------------------------------------------------
+def network_parameters(network: nn.Cell) -> list[Parameter]:
+    """The network's own parameters, without optimizer state or distcheck shadows.
+
+    Optimizer state is every parameter an `nn.Optimizer` holds beyond the ones it
+    updates: moments, accumulators, `global_step`, `learning_rate`, `momentum`, ...
+    """
+    state: set[int] = set()
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, nn.Optimizer):
+            updated = {id(p) for p in cell.parameters}
+            state.update(id(p) for p in cell.get_parameters() if id(p) not in updated)
+    seen: set[int] = set()
+    params = []
+    for _, param in network.parameters_and_names():
+        if id(param) in seen or id(param) in state or param.name.startswith(GRAD_PREFIX):
+            continue
+        seen.add(id(param))
+        params.append(param)
+    return params
+
+
+def dtype_name(dtype: Any) -> str:
+    """numpy's name for a MindSpore dtype, or "bfloat16"."""
+    if dtype == ms.bfloat16:
+        return "bfloat16"
+    return np.dtype(ms.dtype_to_nptype(dtype)).name
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """Host copy of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits."""
+    array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+    if array.dtype.name == "bfloat16":  # MindSpore's own numpy bfloat16 type
+        array = array.view(np.uint16)
+    return array
+
+
+def loss_value(loss: Any) -> float | None:
+    """A float from a loss Tensor/number (the mean if it is not a scalar), or None."""
+    if loss is None:
+        return None
+    array = to_numpy(loss) if isinstance(loss, Tensor) else np.asarray(loss)
+    if array.dtype == np.uint16 and isinstance(loss, Tensor) and loss.dtype == ms.bfloat16:
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return float(array.reshape(-1)[0]) if array.size == 1 else float(np.mean(array, dtype=np.float64))
+
+
+def batch_arrays(batch: Sequence[Any] | None) -> list[np.ndarray] | None:
+    """The batch as host arrays, or None when there is nothing usable (e.g. sink mode)."""
+    if batch is None:
+        return None
+    if isinstance(batch, (Tensor, np.ndarray)):
+        batch = [batch]
+    items = list(batch)
+    if not items or not all(isinstance(x, (Tensor, np.ndarray)) for x in items):
+        return None
+    return [to_numpy(x) for x in items]
+
+
+def split_outputs(outputs: Any) -> tuple[Any, bool]:
+    """(loss, overflowed) from a train network's outputs.
+
+    `nn.TrainOneStepWithLossScaleCell` returns `(loss, overflow, loss_scale)`; on
+    overflow it skips the optimizer, so that step has no new gradients.
+    """
+    if isinstance(outputs, (tuple, list)):
+        if not outputs:
+            return None, False
+        overflow = False
+        if len(outputs) >= 2 and isinstance(outputs[1], Tensor) and outputs[1].dtype == ms.bool_:
+            overflow = bool(np.any(outputs[1].asnumpy()))
+        return outputs[0], overflow
+    return outputs, False
+
+
+# -- where and how ---------------------------------------------------------------------
+def default_world() -> World:
+    """MPI if `DISTCHECK_COMM=mpi`; MindSpore's world if `init()` ran with >1 rank; else one rank."""
+    if os.environ.get(ENV_COMM, "").lower() == "mpi":
+        return MpiWorld()
+    if communication_ready():
+        world = MindSporeWorld()
+        if world.size > 1:
+            return world
+        return SingleWorld(rank=world.rank, size=1)
+    # Without init() every process is alone; RANK_ID (set by msrun) keeps file names apart.
+    return SingleWorld(rank=int(os.environ.get("RANK_ID", "0") or 0), size=1)
+
+
+def framework_meta(world_size: int, sink_size: int | None = None) -> dict[str, Any]:
+    """Run metadata the recorder stores: parallel setup, execution mode, seeds."""
+    parallel_mode = str(ms.get_auto_parallel_context("parallel_mode"))
+    # Only plain data parallelism keeps whole replicas on every rank. Other modes shard
+    # parameters, so which ranks should agree is not known here.
+    replicas = [list(range(world_size))] if parallel_mode == "data_parallel" else None
+    return {
+        "framework": "mindspore",
+        "framework_version": ms.__version__,
+        "device_target": str(ms.get_context("device_target")),
+        "mode": "GRAPH_MODE" if ms.get_context("mode") == ms.GRAPH_MODE else "PYNATIVE_MODE",
+        "parallel_mode": parallel_mode,
+        "gradients_mean": bool(ms.get_auto_parallel_context("gradients_mean")),
+        "replica_groups": replicas,
+        "sink_size": sink_size,
+        "seeds": seeds(),
+    }
+
+
+def seeds() -> dict[str, Any]:
+    """Seeds that decide initial weights and data order, as far as they can be read.
+
+    numpy's and Python's global generators have no readable seed; a fingerprint of
+    their current state shows whether ranks were seeded alike.
+    """
+    result: dict[str, Any] = {"mindspore": ms.get_seed()}
+    try:
+        result["mindspore_dataset"] = int(ms.dataset.config.get_seed())
+    except Exception:  # the dataset engine may be unavailable; the seed is then moot
+        result["mindspore_dataset"] = None
+    _, keys, pos, *_ = np.random.get_state()
+    result["numpy_state_xxh64"] = xxhash.xxh64_hexdigest(keys.tobytes() + int(pos).to_bytes(4, "little"))
+    result["python_random_state_xxh64"] = xxhash.xxh64_hexdigest(repr(random.getstate()).encode())
+    return result

@@ -1,0 +1,1 @@
+"""Rendering an analysis for people (text) and machines (JSON)."""

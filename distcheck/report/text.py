@@ -1,0 +1,65 @@
+"""The report for people: root causes first, their symptoms under them."""
+from __future__ import annotations
+
+import textwrap
+
+from distcheck.analysis import Analysis
+from distcheck.findings import Finding, Severity, name_list
+
+_LABEL = {Severity.ERROR: "ERROR", Severity.WARNING: "WARNING", Severity.INFO: "info"}
+
+
+def render_text(analysis: Analysis) -> str:
+    run = analysis.run
+    lines = [_headline(run)]
+    for err in analysis.errors:
+        lines.append(f"  input error: {err.message}")
+    if run.get("sink_size"):
+        lines.append(f"  note: dataset sinking with sink_size {run['sink_size']}: steps are recorded once per "
+                     "sink, so a divergence is located to within that many steps.")
+    lines.append("")
+    by_key = {f.key: f for f in analysis.findings}
+    symptoms: dict[str, list[Finding]] = {}
+    roots = []
+    for f in analysis.findings:
+        if f.caused_by and f.caused_by in by_key:
+            symptoms.setdefault(f.caused_by, []).append(f)
+        else:
+            roots.append(f)
+    if not roots:
+        lines.append("No problems found: every replica agreed at every recorded step.")
+    for f in roots:
+        lines.extend(_finding(f, indent=""))
+        for s in symptoms.get(f.key, []):
+            lines.append("    which explains:")
+            lines.extend(_finding(s, indent="    "))
+        lines.append("")
+    lines.append(_totals(analysis))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _headline(run: dict) -> str:
+    steps = [r["last_step"] for r in run.get("ranks", {}).values() if r["last_step"] is not None]
+    span = f", steps 0..{max(steps)}" if steps else ""
+    every = f" every {run['every']} steps" if run.get("every") and run["every"] != 1 else ""
+    found = len(run.get("ranks_found", []))
+    return (f"distcheck: {', '.join(run['dirs'])}: {found} of {run['world_size']} rank(s), "
+            f"parallel mode {run.get('parallel_mode') or 'unknown'}{span}{', recorded' + every if every else ''}")
+
+
+def _finding(f: Finding, indent: str) -> list[str]:
+    where = f" at step {f.step}" if f.step is not None else ""
+    ranks = f" on rank {', '.join(map(str, f.ranks))}" if f.ranks else ""
+    head = f"{indent}{_LABEL[f.severity]} {f.code}{where}{ranks}"
+    out = [head]
+    if f.params:
+        out.append(f"{indent}  params: {name_list(f.params, limit=8)}")
+    out.extend(textwrap.wrap(f.message, width=100, initial_indent=indent + "  ", subsequent_indent=indent + "  "))
+    return out
+
+
+def _totals(analysis: Analysis) -> str:
+    n_err = sum(f.severity is Severity.ERROR for f in analysis.findings)
+    n_warn = sum(f.severity is Severity.WARNING for f in analysis.findings)
+    tail = f", {len(analysis.errors)} input error(s)" if analysis.errors else ""
+    return f"{n_err} error(s), {n_warn} warning(s){tail}."
