@@ -84,8 +84,8 @@ class Recorder:
                  options: ProbeOptions) -> None:
         self.writer, self.world, self.params, self.options = writer, world, params, options
         self.enabled = writer is not None
-        self._recorded = 0
         self._online_ok = world.size > 1
+        self._online_done: Optional[int] = None
 
     @classmethod
     def open(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict,
@@ -115,31 +115,52 @@ class Recorder:
             _close_on_exit(rec)
         return rec
 
+    @classmethod
+    def offline(cls, world: World, options: Optional[ProbeOptions] = None) -> "Recorder":
+        """A recorder that writes nothing but still joins the online checks."""
+        return cls(None, world, [], options or ProbeOptions.from_env())
+
     # -- per step ----------------------------------------------------------------
     def wants(self, step: int) -> bool:
+        """Whether ``step`` is recorded here (step 0 always, then every ``every``-th)."""
         return self.enabled and (step == 0 or step % self.options.every == 0)
 
-    def record(self, step: int, params: Sequence[np.ndarray],
+    def online_due(self, step: int) -> bool:
+        """Whether ``step`` has an online check. Depends on the step alone, so every
+        rank, recording or not, agrees on it and joins the all-gather."""
+        if not self._online_ok or step == self._online_done:
+            return False
+        if step == 0:
+            return True
+        k = self.options.online_every * self.options.every
+        return k > 0 and step % k == 0
+
+    def record(self, step: int, params: Optional[Sequence[np.ndarray]] = None,
                grads: Optional[Sequence[Optional[np.ndarray]]] = None,
                loss: Optional[float] = None, batch: Optional[Sequence[np.ndarray]] = None) -> None:
-        if not self.wants(step):
-            return
-        try:
-            digests, stat_rows, rollups = {}, {}, {}
-            digests["param"], stat_rows["param"] = self._summarise(params, step, "param")
-            if grads is not None:
-                digests["grad"], stat_rows["grad"] = self._summarise(grads, step, "grad")
-            for kind, rows in digests.items():
-                rollups[kind] = digest_rows(rows)
-            batch_digest = _batch_digest(batch) if batch is not None else None
-            self.writer.append(step, None if loss is None else float(loss), batch_digest,
-                               digests, stat_rows, rollups)
-        except Exception as exc:
-            self._disable(f"step {step}: {type(exc).__name__}: {exc}")
-            digests = None
-        self._recorded += 1
-        if self._online_due(step):
-            self._online_check(step, None if digests is None else digests.get("param"))
+        """Record one step, and join the online check if one is due.
+
+        Call it at every step that :meth:`wants` or :meth:`online_due`; with
+        ``params=None`` (a probe that has nothing to give) it only joins the check.
+        """
+        rows = None
+        if params is not None and self.wants(step):
+            try:
+                rows = self._write(step, params, grads, loss, batch)
+            except Exception as exc:
+                self.disable(f"step {step}: {type(exc).__name__}: {exc}")
+        if self.online_due(step):
+            self._online_check(step, rows)
+
+    def _write(self, step, params, grads, loss, batch) -> np.ndarray:
+        digests, stat_rows = {}, {}
+        digests["param"], stat_rows["param"] = self._summarise(params, step, "param")
+        if grads is not None:
+            digests["grad"], stat_rows["grad"] = self._summarise(grads, step, "grad")
+        rollups = {kind: digest_rows(rows) for kind, rows in digests.items()}
+        batch_digest = _batch_digest(batch) if batch is not None else None
+        self.writer.append(step, None if loss is None else float(loss), batch_digest, digests, stat_rows, rollups)
+        return digests["param"]
 
     def _summarise(self, arrays: Sequence[Optional[np.ndarray]], step: int, kind: str):
         p = len(self.params)
@@ -158,38 +179,31 @@ class Recorder:
         return rows, stat_rows
 
     # -- online check ------------------------------------------------------------
-    def _online_due(self, step: int) -> bool:
-        if not self._online_ok:
-            return False
-        if step == 0:
-            return True
-        k = self.options.online_every
-        return k > 0 and self._recorded % k == 0
-
     def _online_check(self, step: int, rows: Optional[np.ndarray]) -> None:
-        """All-gather this step's parameter digests and compare them by majority.
+        """Compare this step's parameter digests across ranks, by majority.
 
-        Every rank sends a row even when its own summary failed (flag 0), so all
-        ranks take the same branch and nobody waits forever.
+        Two rounds keep the common case cheap and every rank in step: first a fixed
+        header (ok flag, step, parameter count, rollup digest) from each rank; only if
+        the rollups differ, the per-parameter digests. A rank with nothing to give
+        sends ok=0, and then all ranks switch the check off together.
         """
-        p = len(self.params)
-        send = np.zeros(2 + 2 * p, np.uint64)
-        send[0] = 0 if rows is None else 1
-        send[1] = step
+        self._online_done = step
+        header = np.zeros(5, np.uint64)
         if rows is not None:
-            send[2:] = rows.reshape(-1)
-        try:
-            gathered = self.world.allgather(send)
-        except Exception as exc:
-            self._online_ok = False
-            log(f"online check off on rank {self.world.rank}: all-gather failed: {exc}")
+            header[:] = (1, step, len(self.params), *digest_rows(rows))
+        gathered = self._allgather(header)
+        if gathered is None:
             return
-        if not np.all(gathered[:, 0] == 1) or len(set(gathered[:, 1].tolist())) != 1:
+        if not (np.all(gathered[:, 0] == 1) and np.all(gathered[:, 1:3] == gathered[0, 1:3])):
             self._online_ok = False
             if self.world.rank == 0:
-                log(f"online check off: not every rank could summarise step {step}")
+                log(f"online check off: not every rank recorded the same parameters at step {step}")
             return
-        digests = gathered[:, 2:].reshape(self.world.size, p, 2)
+        if np.all(gathered[:, 3:] == gathered[0, 3:]):
+            return
+        digests = self._allgather(rows)
+        if digests is None:
+            return
         bad_params, bad_ranks = [], set()
         for i, info in enumerate(self.params):
             if not info.trainable:
@@ -209,8 +223,18 @@ class Recorder:
             self.close(clean=False, message=f"fail-fast: {message}")
             raise ConsistencyError(message)
 
+    def _allgather(self, array: np.ndarray) -> Optional[np.ndarray]:
+        try:
+            return self.world.allgather(array)
+        except Exception as exc:
+            self._online_ok = False
+            log(f"online check off on rank {self.world.rank}: all-gather failed: {exc}")
+            return None
+
     # -- end ---------------------------------------------------------------------
-    def _disable(self, why: str) -> None:
+    def disable(self, why: str) -> None:
+        """Stop recording after a local failure; the dump is closed as aborted. The
+        recorder still joins online checks (saying it has nothing), so no rank waits."""
         log(f"recording disabled on rank {self.world.rank}: {why}")
         self.enabled = False
         self._close_writer(Status.ABORTED, f"probe error: {why}")

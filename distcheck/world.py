@@ -53,11 +53,12 @@ class MpiWorld:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
-        send = np.ascontiguousarray(array)
-        recv = np.empty((self.size, *send.shape), dtype=send.dtype)
+        array = np.asarray(array)
+        send = np.ascontiguousarray(array).reshape(-1)
+        recv = np.empty((self.size, send.size), dtype=send.dtype)
         # Raw bytes: bit-exact for any dtype, including ones MPI has no type for.
-        self.comm.Allgather(send.view(np.uint8).reshape(-1), recv.view(np.uint8).reshape(self.size, -1))
-        return recv
+        self.comm.Allgather(send.view(np.uint8), recv.view(np.uint8).reshape(self.size, -1))
+        return recv.reshape(self.size, *array.shape)
 
 
 class FakeWorld:

@@ -52,7 +52,7 @@ class DistcheckCallback(Callback):
             return
         args = run_context.original_args()
         step = int(args.cur_step_num)
-        if not probe.wants(step):
+        if not probe.due(step):
             return
         with probe.guard(f"step {step}"):
             loss, overflowed = split_outputs(args.net_outputs)

@@ -30,7 +30,7 @@ import xxhash
 from mindspore import Parameter, Tensor, nn
 
 from distcheck.mindspore.capture import GRAD_PREFIX, GradCapture
-from distcheck.mindspore.world import MindSporeWorld, communication_ready
+from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
 from distcheck.recorder import ConsistencyError, ParamInfo, ProbeOptions, Recorder, log, run_dir_from_env
 from distcheck.world import MpiWorld, SingleWorld, World
 
@@ -82,21 +82,30 @@ class Probe:
         if self.run_dir is None:
             self._disable("no run directory: pass run_dir or set DISTCHECK_RUN_DIR")
             return
+        options = self.options or ProbeOptions.from_env()
         with self.guard("cannot start"):
+            self.world = self.world or default_world()
             self._params = network_parameters(self.network)
             self._grad_slots = self._match_grads()
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
-            world = self.world or default_world()
-            self.world = world
-            meta = {**framework_meta(world.size), **self.meta}
-            options = self.options or ProbeOptions.from_env()
-            self._recorder = Recorder.open(self.run_dir, world, infos, meta, options)
-            self._record(step, grads_valid=False, loss=None, batch=None)
+            meta = {**framework_meta(self.world.size), **self.meta}
+            self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options)
+        if self._recorder is None and self.world is not None:
+            # Still join the online checks, saying "nothing from me", so no rank waits for this one.
+            self._recorder = Recorder.offline(self.world, options)
+        if self.enabled:
+            with self.guard(f"step {step}"):
+                self._record(step, grads_valid=False, loss=None, batch=None)
+        self._join_online(step)
 
     # -- per step ----------------------------------------------------------------
     def wants(self, step: int) -> bool:
         """Whether `step` will be recorded (cheap; call it to skip work otherwise)."""
         return self.enabled and self._recorder is not None and self._recorder.wants(step)
+
+    def due(self, step: int) -> bool:
+        """Whether `step_end(step)` has anything to do: record, or join an online check."""
+        return self._recorder is not None and (self._recorder.wants(step) or self._recorder.online_due(step))
 
     def step_end(self, step: int, loss: Any = None, batch: Sequence[Any] | None = None,
                  grads_valid: bool = True) -> None:
@@ -106,10 +115,16 @@ class Probe:
         arrays. Pass `grads_valid=False` for a step whose update was skipped (loss-scale
         overflow): the captured gradients are then stale and not recorded.
         """
-        if not self.wants(step):
-            return
-        with self.guard(f"step {step}"):
-            self._record(step, grads_valid, loss_value(loss), batch_arrays(batch))
+        if self.wants(step):
+            with self.guard(f"step {step}"):
+                self._record(step, grads_valid, loss_value(loss), batch_arrays(batch))
+        self._join_online(step)
+
+    def _join_online(self, step: int) -> None:
+        """Take part in a due online check that recording did not reach (after a failure)."""
+        recorder = self._recorder
+        if recorder is not None and recorder.online_due(step):
+            recorder.record(step)
 
     def close(self, clean: bool = True) -> None:
         """Close the dump; `clean=False` marks it as aborted."""
@@ -145,21 +160,21 @@ class Probe:
         return _Guard(self, what)
 
     def _disable(self, why: str) -> None:
-        log(f"probe disabled on rank {self.rank}: {why}")
+        """Stop recording on this rank. The recorder stays, to join online checks."""
+        if not self.enabled:
+            return
         self.enabled = False
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            try:
-                recorder.close(clean=False)
-            except Exception:  # already reported above; the dump is marked by atexit otherwise
-                pass
+        if self._recorder is not None and self._recorder.enabled:
+            self._recorder.disable(why)  # logs the line and closes the dump as aborted
+        else:
+            log(f"probe disabled on rank {self.rank}: {why}")
 
     @property
     def rank(self) -> str:
         """This rank's number as text (from the environment before the world is known)."""
         if self.world is not None:
             return str(self.world.rank)
-        return os.environ.get("RANK_ID", "?")
+        return rank_hint()
 
 
 class _Guard:
@@ -182,9 +197,12 @@ class _Guard:
 def network_parameters(network: nn.Cell) -> list[Parameter]:
     """The network's own parameters, without optimizer state or distcheck shadows.
 
-    Optimizer state is every parameter an `nn.Optimizer` holds beyond the ones it
-    updates: moments, accumulators, `global_step`, `learning_rate`, `momentum`, ...
+    Given a train cell (`nn.TrainOneStepCell` or alike, e.g. from `Model(train_cell)`),
+    only its `network` child counts, which leaves out loss-scale state such as
+    `scale_sense`. Optimizer state is every parameter an `nn.Optimizer` holds beyond
+    the ones it updates: moments, accumulators, `global_step`, `learning_rate`, ...
     """
+    network = _model_of(network)
     state: set[int] = set()
     for _, cell in network.cells_and_names():
         if isinstance(cell, nn.Optimizer):
@@ -198,6 +216,15 @@ def network_parameters(network: nn.Cell) -> list[Parameter]:
         seen.add(id(param))
         params.append(param)
     return params
+
+
+def _model_of(network: nn.Cell) -> nn.Cell:
+    """The `network` child of the first train cell (one with an `optimizer` child) inside `network`."""
+    for _, cell in network.cells_and_names():
+        children = cell.name_cells()
+        if isinstance(children.get("optimizer"), (nn.Optimizer, GradCapture)) and "network" in children:
+            return children["network"]
+    return network
 
 
 def dtype_name(dtype: Any) -> str:

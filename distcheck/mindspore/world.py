@@ -9,6 +9,8 @@ whatever dtypes the collective supports on the device.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from mindspore import Tensor, ops
 from mindspore.communication import GlobalComm, get_group_size, get_rank
@@ -19,6 +21,16 @@ _WORD = np.dtype(np.int32)
 def communication_ready() -> bool:
     """True when `mindspore.communication.init()` has run in this process."""
     return bool(GlobalComm.INITED)
+
+
+def rank_hint() -> str:
+    """This process's rank as text, for log lines written before a World exists."""
+    if communication_ready():
+        try:
+            return str(get_rank())
+        except Exception:  # fall back to what the launcher says
+            pass
+    return os.environ.get("RANK_ID", "0")
 
 
 class MindSporeWorld:

@@ -36,21 +36,13 @@ class Heartbeat:
 class DumpReader:
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            self._file = h5py.File(path, "r", libver="latest", swmr=True)
-        except FileNotFoundError:
-            raise DumpError(path, "file not found") from None
-        except OSError as exc:
-            size = os.path.getsize(path) if os.path.exists(path) else 0
-            what = "empty file" if size == 0 else "not a readable HDF5 file"
-            raise DumpError(path, what, "the rank may have died before its first flush, "
-                            f"or the file was truncated or is not a distcheck dump: {exc}") from None
+        self._file = _open(path)
         try:
             self._validate()
         except DumpError:
             self._file.close()
             raise
-        except (KeyError, OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # any damage inside an HDF5 file that opened
             self._file.close()
             raise DumpError(path, f"damaged dump: {exc}", "re-run the job, or leave this rank's file out") from None
 
@@ -176,6 +168,31 @@ class DumpReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open(path: str) -> h5py.File:
+    """Open a dump that may be finished, still being written, or left by a killed rank.
+
+    A plain open is tried first because it checks the file's size against what the
+    superblock promises; a truncated file opened in SWMR mode instead retries its
+    reads for a long time. A file whose writer is alive, or died without closing,
+    refuses a plain open and is then opened as an SWMR reader, which is what it is.
+    """
+    if not os.path.exists(path):
+        raise DumpError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise DumpError(path, "empty file", "the rank died before it wrote anything; see its log")
+    try:
+        return h5py.File(path, "r")
+    except Exception as exc:  # h5py raises OSError, RuntimeError, ... for damaged files
+        first = str(exc)
+    if "truncated" not in first:
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        except Exception:
+            pass
+    what = "truncated file" if "truncated" in first else "not a readable HDF5 file"
+    raise DumpError(path, what, f"the file was cut short or damaged, or is not a distcheck dump: {first}")
 
 
 def _text(value) -> str:

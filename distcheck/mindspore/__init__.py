@@ -1,0 +1,40 @@
+"""The MindSpore adapter: the only part of distcheck that imports MindSpore.
+
+- `attach()`: record every `Model.train`/`fit` of this process (when `DISTCHECK_RUN_DIR` is set);
+- `DistcheckCallback`: the same, added by hand to `Model.train(callbacks=...)`;
+- `Probe`: for hand-written training loops (`probe.wrap(optimizer)`, `begin`, `step_end`, `close`);
+- `GradCapture`, `install_grad_capture`: post-AllReduce gradients from inside the compiled step;
+- `MindSporeWorld`: the `World` over MindSpore's communication (`msrun`).
+
+Importing this package does not import MindSpore (a sitecustomize imports
+`install_import_hook` from here); the other names load it on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Bound eagerly: the function `attach` must win over the submodule of the same name,
+# which the import system would otherwise set as this package's attribute.
+from distcheck.mindspore.attach import attach, install_import_hook
+
+_EXPORTS = {
+    "DistcheckCallback": "distcheck.mindspore.callback",
+    "GradCapture": "distcheck.mindspore.capture",
+    "install_grad_capture": "distcheck.mindspore.capture",
+    "find_grad_capture": "distcheck.mindspore.capture",
+    "Probe": "distcheck.mindspore.probe",
+    "MindSporeWorld": "distcheck.mindspore.world",
+}
+
+__all__ = sorted([*_EXPORTS, "attach", "install_import_hook"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,93 @@
+"""The analyzer on synthetic runs written by the real recorder (tests/synthetic.py)."""
+import pytest
+
+from distcheck.analysis import analyze
+from distcheck.config import load_config
+from synthetic import EXPECTED, make_run
+
+
+def _findings(path, **config):
+    return analyze([str(path)], {**load_config(), **config}).findings
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED))
+def test_each_planted_bug_is_found_exactly(tmp_path, bug):
+    make_run(str(tmp_path), bug)
+    findings = _findings(tmp_path)
+    expected = EXPECTED[bug]
+    if expected is None:
+        assert findings == []
+        return
+    code, step, ranks, params = expected
+    first = [f for f in findings if f.code == code]
+    assert first, [f.code for f in findings]
+    f = first[0]
+    assert (f.step, list(f.ranks), list(f.params)) == (step, ranks, params)
+
+
+def test_seed_mismatch_is_one_root_cause_not_a_pile_of_symptoms(tmp_path):
+    make_run(str(tmp_path), "seed", steps=40)
+    assert [f.code for f in _findings(tmp_path)] == ["init_mismatch"]
+
+
+def test_update_divergence_says_the_gradients_agreed(tmp_path):
+    make_run(str(tmp_path), "lr")
+    (f,) = _findings(tmp_path)
+    assert "gradients of that step agreed" in f.message and f.caused_by is None
+
+
+def test_param_divergence_from_unreduced_gradients_is_explained_by_them(tmp_path):
+    make_run(str(tmp_path), "standalone")
+    codes = {f.code: f for f in _findings(tmp_path)}
+    assert codes["param_divergence"].caused_by == "grad_divergence@1"
+    assert "stand_alone" not in codes["grad_divergence"].message  # the run said data_parallel
+
+
+def test_two_ranks_without_a_majority_name_both(tmp_path):
+    make_run(str(tmp_path), "lr", size=2)
+    (f,) = _findings(tmp_path)
+    assert f.ranks == (0, 1) and "no majority" in f.message
+
+
+def test_every_k_locates_the_divergence_between_recorded_steps(tmp_path):
+    make_run(str(tmp_path), "nudge", every=3, steps=12)
+    (f,) = _findings(tmp_path)
+    assert f.step == 6 and "agreed at step 3" in f.message
+
+
+def test_full_tensors_give_the_size_of_the_divergence(tmp_path):
+    make_run(str(tmp_path), "nudge", full_steps=(5,))
+    (f,) = _findings(tmp_path)
+    assert "max |diff| 0.001" in f.message
+
+
+def test_a_missing_rank_file_is_reported_and_the_rest_analysed(tmp_path):
+    make_run(str(tmp_path), "nudge", size=4)
+    (tmp_path / "rank_00001.h5").unlink()
+    findings = {f.code: f for f in _findings(tmp_path)}
+    assert findings["rank_missing"].ranks == (1,)
+    assert findings["param_divergence"].ranks == (3,)
+
+
+def test_configured_replica_groups_compare_within_each_group(tmp_path):
+    make_run(str(tmp_path), "lr", size=4)
+    findings = _findings(tmp_path, replica_groups=[[0, 2], [1, 3]])
+    (f,) = [f for f in findings if f.code == "param_divergence"]
+    assert f.ranks == (1, 3)  # two replicas: no majority inside the group
+
+
+def test_other_parallel_modes_need_replica_groups(tmp_path):
+    make_run(str(tmp_path), "lr", parallel_mode="semi_auto_parallel")
+    codes = [f.code for f in _findings(tmp_path)]
+    assert codes == ["replica_groups_unknown"]
+
+
+def test_several_directories_merge_into_one_run(tmp_path):
+    make_run(str(tmp_path / "all"), "nudge", size=4)
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node1").mkdir()
+    for r in range(4):
+        (tmp_path / "all" / f"rank_0000{r}.h5").rename(tmp_path / f"node{r // 2}" / f"rank_0000{r}.h5")
+    result = analyze([str(tmp_path / "node0"), str(tmp_path / "node1")], load_config())
+    assert result.run["ranks_found"] == [0, 1, 2, 3]
+    assert [(f.code, f.step, f.ranks) for f in result.findings] == [("param_divergence", 5, (3,))]

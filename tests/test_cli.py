@@ -1,0 +1,120 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distcheck.cli import main
+from synthetic import make_run
+
+
+def _run(*argv):
+    """The real command in a subprocess: exit code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "distcheck", *argv], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_clean_run_exits_0(tmp_path):
+    make_run(str(tmp_path), "none")
+    code, out, _ = _run("analyze", str(tmp_path))
+    assert code == 0 and "No problems found" in out
+
+
+def test_findings_exit_1_and_json_follows_the_schema(tmp_path):
+    make_run(str(tmp_path), "seed")
+    code, out, _ = _run("analyze", str(tmp_path), "--format", "json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["schema"] == "distcheck.report/1" and doc["run"]["world_size"] == 3
+    (f,) = doc["findings"]
+    assert set(f) >= {"code", "severity", "stage", "step", "ranks", "params", "message"}
+    assert (f["code"], f["severity"], f["step"], f["ranks"]) == ("init_mismatch", "error", 0, [2])
+
+
+def test_fail_on_sets_the_threshold(tmp_path):
+    make_run(str(tmp_path), "bn")
+    assert main(["analyze", str(tmp_path)]) == 0
+    assert main(["analyze", str(tmp_path), "--fail-on", "warning"]) == 1
+    make_run(str(tmp_path / "b"), "seed")
+    assert main(["analyze", str(tmp_path / "b"), "--fail-on", "never"]) == 0
+
+
+def test_output_file(tmp_path):
+    make_run(str(tmp_path), "seed")
+    out = tmp_path / "reports" / "r.json"
+    assert main(["analyze", str(tmp_path), "--format", "json", "--output", str(out)]) == 1
+    assert json.loads(out.read_text())["findings"][0]["code"] == "init_mismatch"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "missing"])
+def test_damaged_rank_files_exit_2_with_a_message_and_the_rest_is_analysed(tmp_path, damage):
+    make_run(str(tmp_path), "nudge", size=4)
+    path = tmp_path / "rank_00001.h5"
+    if damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "foreign":
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    else:
+        path.unlink()
+    code, out, err = _run("analyze", str(tmp_path), "--format", "json")
+    assert "Traceback" not in err + out
+    doc = json.loads(out)
+    codes = {f["code"]: f for f in doc["findings"]}
+    assert codes["param_divergence"]["ranks"] == [3]
+    assert codes["rank_missing"]["ranks"] == [1]
+    if damage == "missing":
+        assert code == 1  # a missing file is a finding, not an input error
+    else:
+        assert code == 2 and "rank_00001.h5" in err
+
+
+def test_usage_errors_exit_2(tmp_path):
+    code, _, err = _run("analyze", str(tmp_path / "nope"))
+    assert code == 2 and "no such run directory" in err
+    code, _, err = _run("analyze", str(tmp_path))
+    assert code == 2 and "no rank files" in err
+    code, _, err = _run("launch", "-n", "2")
+    assert code == 2 and "nothing to launch" in err
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    make_run(str(tmp_path), "none")
+    cfg = tmp_path / "c.yaml"
+    for text, message in [("replica_grups: []\n", "unknown setting 'replica_grups'"),
+                          ("max_findings_per_code: lots\n", "must be int"),
+                          ("replica_groups: [[0, 1], [1, 2]]\n", "more than one replica group"),
+                          ("[1, 2", "not valid YAML")]:
+        cfg.write_text(text)
+        code, _, err = _run("analyze", str(tmp_path), "--config", str(cfg))
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
+ISOLATION = """
+import sys
+sys.modules["mindspore"] = None  # any import of it now fails
+import distcheck, distcheck.cli, distcheck.analysis, distcheck.report.text, distcheck.report.json_report
+import distcheck.launch, distcheck.recorder, distcheck.store.reader, distcheck.store.writer, distcheck.config
+sys.argv = ["distcheck", "--help"]
+try:
+    distcheck.cli.main()
+except SystemExit:
+    pass
+"""
+
+
+def test_nothing_but_the_adapter_imports_mindspore():
+    proc = subprocess.run([sys.executable, "-c", ISOLATION], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "launch" in proc.stdout
+    here = os.path.join(os.path.dirname(__file__), "..", "distcheck")
+    for root, _, files in os.walk(here):
+        if os.sep + "mindspore" in root:
+            continue
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(root, name)).read()
+                assert "import mindspore" not in text and "from mindspore" not in text, name

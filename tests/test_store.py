@@ -1,0 +1,119 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from distcheck.digest import digest
+from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+from distcheck.store.reader import DumpError, DumpReader
+from distcheck.world import SingleWorld
+
+PARAMS = [ParamInfo("w", (3, 2), "float32", True, True), ParamInfo("n", (), "int64", False, False)]
+
+
+def _write(path, steps=100, every=1, full_steps=()):
+    rec = Recorder.open(str(path), SingleWorld(), PARAMS, {"parallel_mode": "stand_alone"},
+                        ProbeOptions(every=every, full_steps=full_steps))
+    arrays = []
+    for step in range(steps + 1):
+        w = np.full((3, 2), step, np.float32)
+        n = np.array(step, np.int64)
+        arrays.append((w, n))
+        rec.record(step, [w, n], None if step == 0 else [w * 2, None], loss=1.0 / (step + 1),
+                   batch=[np.arange(step, step + 3)])
+    rec.close()
+    return arrays
+
+
+def test_round_trip_across_block_boundaries(tmp_path):
+    arrays = _write(tmp_path, steps=130)
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.finished and r.rank == 0 and r.world_size == 1
+        assert r.steps.tolist() == list(range(131))
+        assert [p.name for p in r.params] == ["w", "n"] and r.params[0].shape == (3, 2)
+        d = r.digests("param", 64, 66)
+        assert tuple(d[1, 0]) == digest(arrays[65][0])
+        assert tuple(r.digests("grad", 7, 8)[0, 0]) == digest(arrays[7][0] * 2)
+        assert r.stats("param", 5, 6)[0, 0, 1] == 5.0  # max
+        assert np.isnan(r.stats("grad", 0, 1)).all()  # no grads at step 0
+        np.testing.assert_allclose(r.loss()[:3], [1, 0.5, 1 / 3])
+        assert len(r.heartbeats()) >= 1
+
+
+def test_every_k_records_step_zero_and_multiples(tmp_path):
+    _write(tmp_path, steps=25, every=10)
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.steps.tolist() == [0, 10, 20]
+
+
+def test_full_tensors_at_named_steps(tmp_path):
+    arrays = _write(tmp_path, steps=5, full_steps=(3,))
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        np.testing.assert_array_equal(r.full("param", 3, 0), arrays[3][0])
+        assert r.full("param", 2, 0) is None
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"", "empty file"),
+    (b"garbage" * 100, "not a readable HDF5 file"),
+])
+def test_unreadable_files_give_dump_errors(tmp_path, content, problem):
+    path = tmp_path / "rank_00000.h5"
+    path.write_bytes(content)
+    with pytest.raises(DumpError) as err:
+        DumpReader(str(path))
+    assert problem in str(err.value) and str(path) in str(err.value)
+
+
+def test_truncated_file_is_a_dump_error(tmp_path):
+    _write(tmp_path, steps=200)
+    path = tmp_path / "rank_00000.h5"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DumpError, match="rank_00000.h5"):
+        DumpReader(str(path))
+
+
+def test_foreign_hdf5_file_is_refused(tmp_path):
+    path = tmp_path / "rank_00000.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(DumpError, match="not a distcheck dump"):
+        DumpReader(str(path))
+
+
+def test_newer_format_asks_for_an_upgrade(tmp_path):
+    _write(tmp_path, steps=1)
+    path = tmp_path / "rank_00000.h5"
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(DumpError, match="upgrade distcheck"):
+        DumpReader(str(path))
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys, time
+    import numpy as np
+    from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+    from distcheck.world import SingleWorld
+    rec = Recorder.open(sys.argv[1], SingleWorld(), [ParamInfo("w", (256,), "float32", True, True)],
+                        {}, ProbeOptions(flush_seconds=0.0))
+    for step in range(1000):
+        rec.record(step, [np.full(256, step, np.float32)], None, loss=float(step))
+        if step == 77:
+            os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_sigkilled_writer_leaves_a_readable_file_with_every_flushed_step(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.steps.tolist() == list(range(78))
+        assert r.status_name == "running" and not r.finished
+        assert r.loss()[77] == 77.0
