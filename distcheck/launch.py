@@ -124,7 +124,7 @@ def _free_port() -> int:
 
 # -- launchers -----------------------------------------------------------------------
 def _run_plain(cmd: list[str], env: dict[str, str]) -> int:
-    return _wait(subprocess.Popen(cmd, env=env))
+    return _wait(_spawn(cmd, env))
 
 
 def _run_msrun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> int:
@@ -137,7 +137,7 @@ def _run_msrun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict
     if args.node_rank is not None:
         argv.append(f"--node_rank={args.node_rank}")
     argv += args.launcher_arg + script
-    return _wait(subprocess.Popen(argv, env=env))
+    return _wait(_spawn(argv, env))
 
 
 def _run_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> int:
@@ -159,12 +159,17 @@ def _run_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dic
     with open(os.path.join(logs, "scheduler.log"), "w") as sched_log:
         scheduler = subprocess.Popen(python, env=sched_env, stdout=sched_log, stderr=subprocess.STDOUT)
         try:
-            workers = subprocess.Popen([_tool("mpirun"), "-n", str(args.nproc), *args.launcher_arg, *python],
-                                       env=worker_env)
+            workers = _spawn([_tool("mpirun"), "-n", str(args.nproc), *args.launcher_arg, *python], worker_env)
             code = _wait(workers)
         finally:
             _stop(scheduler, grace=30 if code == 0 else 5)
     return code
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start the job with its stdout sent to our stderr: stdout carries only the report."""
+    sys.stdout.flush()
+    return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno())
 
 
 def _wait(proc: subprocess.Popen) -> int:

@@ -68,6 +68,7 @@ class ProbeOptions:
             full_steps=steps,
             fail_fast=env.get("DISTCHECK_FAIL_FAST", "0") == "1",
             online_every=max(0, int(env.get("DISTCHECK_ONLINE_EVERY", "0"))),
+            flush_seconds=max(0.0, float(env.get("DISTCHECK_FLUSH_SECONDS", "2"))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -76,6 +77,7 @@ class ProbeOptions:
             "DISTCHECK_FULL_STEPS": ",".join(str(s) for s in self.full_steps),
             "DISTCHECK_FAIL_FAST": "1" if self.fail_fast else "0",
             "DISTCHECK_ONLINE_EVERY": str(self.online_every),
+            "DISTCHECK_FLUSH_SECONDS": str(self.flush_seconds),
         }
 
 

@@ -1,0 +1,81 @@
+"""Real msrun data-parallel jobs (3 ranks, CPU, GRAPH_MODE) attached through ``distcheck launch``
+with no change to the training script; each asserts the exact findings."""
+import pytest
+
+from e2e.jobs import launch, only
+
+pytestmark = pytest.mark.slow
+
+PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+def test_clean_run_has_no_error_or_warning(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py")
+    assert result.code == 0, result.stderr[-3000:]
+    assert result.report["findings"] == []
+    assert result.report["run"]["ranks_found"] == [0, 1, 2]
+    assert {r["status"] for r in result.report["run"]["ranks"].values()} == {"finished"}
+    assert result.report["run"]["ranks"]["1"]["last_step"] == 12
+
+
+def test_seed_mismatch_names_the_rank(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "seed")
+    assert result.code == 1
+    f = only(result, "init_mismatch")
+    assert (f["step"], f["ranks"], f["params"]) == (0, [2], PARAMS)
+    assert result.codes() == ["init_mismatch"]  # the root cause, not a pile of symptoms
+
+
+def test_stand_alone_mode_diverges_gradients_at_step_1(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "standalone")
+    f = only(result, "grad_divergence")
+    assert (f["step"], f["ranks"], f["params"]) == (1, [0, 1, 2], PARAMS)
+    assert "stand_alone" in f["message"]
+    assert only(result, "param_divergence")["caused_by"] == "grad_divergence@1"
+
+
+def test_other_learning_rate_diverges_the_update_not_the_gradients(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "lr")
+    f = only(result, "param_divergence")
+    assert (f["step"], f["ranks"], f["params"]) == (1, [2], PARAMS)
+    assert "gradients of that step agreed" in f["message"]
+    assert not result.findings("grad_divergence")
+
+
+def test_one_nudged_parameter_is_named_alone(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "nudge", "--bug-step", "7")
+    f = only(result, "param_divergence")
+    assert (f["step"], f["ranks"], f["params"]) == (7, [2], ["fc1.weight"])
+    assert result.codes() == ["param_divergence"]
+
+
+def test_nonfinite_loss_names_the_rank_it_was_born_on(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "nan", "--bug-step", "4")
+    f = only(result, "loss_nonfinite")
+    assert (f["step"], f["ranks"]) == (4, [2])
+
+
+def test_batchnorm_without_sync_is_a_warning_only(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "bn")
+    assert result.code == 0
+    f = only(result, "buffer_divergence")
+    assert f["severity"] == "warning" and f["step"] == 1
+    assert f["params"] == ["bn.moving_mean", "bn.moving_variance"]
+    assert result.codes() == ["buffer_divergence"]
+
+
+def test_unsharded_data(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "unsharded")
+    f = only(result, "data_not_sharded")
+    assert (f["step"], f["ranks"]) == (1, [0, 1, 2])
+
+
+def test_killed_rank_is_named_and_earlier_steps_are_intact(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "kill", "--bug-step", "6",
+                    options=("--flush-seconds", "0"))
+    assert result.code == 3  # the job failed; the report still covers what was recorded
+    f = only(result, "rank_stopped")
+    assert f["ranks"] == [2] and f["step"] == 5
+    ranks = result.report["run"]["ranks"]
+    assert ranks["2"]["steps_recorded"] == 6  # steps 0..5, every one before the kill
+    assert ranks["0"]["last_step"] == 6
