@@ -16,13 +16,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 from distcheck import __version__
-from distcheck.digest import N_STATS, digest, digest_rows, stats
+from distcheck.digest import digest, digest_rows, stats
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Status
 from distcheck.store.writer import DumpWriter
@@ -57,7 +57,7 @@ class ProbeOptions:
     fail_fast: bool = False
     online_every: int = 0
     flush_seconds: float = 2.0
-    extra: dict = field(default_factory=dict)
+    activations: bool = False
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -69,6 +69,7 @@ class ProbeOptions:
             fail_fast=env.get("DISTCHECK_FAIL_FAST", "0") == "1",
             online_every=max(0, int(env.get("DISTCHECK_ONLINE_EVERY", "0"))),
             flush_seconds=max(0.0, float(env.get("DISTCHECK_FLUSH_SECONDS", "2"))),
+            activations=env.get("DISTCHECK_ACTIVATIONS", "0") == "1",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -78,6 +79,7 @@ class ProbeOptions:
             "DISTCHECK_FAIL_FAST": "1" if self.fail_fast else "0",
             "DISTCHECK_ONLINE_EVERY": str(self.online_every),
             "DISTCHECK_FLUSH_SECONDS": str(self.flush_seconds),
+            "DISTCHECK_ACTIVATIONS": "1" if self.activations else "0",
         }
 
 
@@ -86,12 +88,15 @@ class Recorder:
                  options: ProbeOptions) -> None:
         self.writer, self.world, self.params, self.options = writer, world, params, options
         self.enabled = writer is not None
+        self._previous: Optional[Sequence[np.ndarray]] = None  # last recorded parameters, for deltas
         self._online_ok = world.size > 1
         self._online_done: Optional[int] = None
 
     @classmethod
     def open(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict,
-             options: Optional[ProbeOptions] = None) -> "Recorder":
+             options: Optional[ProbeOptions] = None, activations: Sequence[tuple[str, str]] = ()) -> "Recorder":
+        """Open this rank's dump in ``run_dir``. ``activations`` names the activation
+        taps, as (name, kind) pairs, whose statistics :meth:`record` will be given."""
         options = options or ProbeOptions.from_env()
         params = list(params)
         writer = None
@@ -109,7 +114,8 @@ class Recorder:
                                     "every": options.every}),
             }
             writer = DumpWriter(os.path.join(run_dir, schema.file_name(world.rank)), params, attrs,
-                                full_steps=options.full_steps, flush_seconds=options.flush_seconds)
+                                activations=activations, full_steps=options.full_steps,
+                                flush_seconds=options.flush_seconds)
         except Exception as exc:  # never take the job down
             log(f"recording disabled on rank {world.rank}: cannot write to {run_dir}: {exc}")
         rec = cls(writer, world, params, options)
@@ -139,43 +145,65 @@ class Recorder:
 
     def record(self, step: int, params: Optional[Sequence[np.ndarray]] = None,
                grads: Optional[Sequence[Optional[np.ndarray]]] = None,
-               loss: Optional[float] = None, batch: Optional[Sequence[np.ndarray]] = None) -> None:
+               loss: Optional[float] = None, batch: Optional[Sequence[np.ndarray]] = None,
+               activations: Optional[Sequence[np.ndarray]] = None) -> None:
         """Record one step, and join the online check if one is due.
 
-        Call it at every step that :meth:`wants` or :meth:`online_due`; with
-        ``params=None`` (a probe that has nothing to give) it only joins the check.
+        Arrays are in the order given to :meth:`open` and must not be changed
+        afterwards (the previous step's parameters are kept, by reference, to measure
+        each update). Call it at every step that :meth:`wants` or :meth:`online_due`;
+        with ``params=None`` (a probe with nothing to give) it only joins the check.
         """
         rows = None
         if params is not None and self.wants(step):
             try:
-                rows = self._write(step, params, grads, loss, batch)
+                rows = self._write(step, params, grads, loss, batch, activations)
             except Exception as exc:
                 self.disable(f"step {step}: {type(exc).__name__}: {exc}")
         if self.online_due(step):
             self._online_check(step, rows)
 
-    def _write(self, step, params, grads, loss, batch) -> np.ndarray:
-        digests, stat_rows = {}, {}
-        digests["param"], stat_rows["param"] = self._summarise(params, step, "param")
+    def _write(self, step, params, grads, loss, batch, activations) -> np.ndarray:
+        row: dict[str, object] = {}
+        has = schema.HAS_PARAMS
+        digests, stat_rows = self._summarise(params, step, "param")
+        _update_norms(stat_rows, params, self._previous)
+        self._previous = params
+        row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
+        rollups = [digest_rows(digests), (0, 0)]
         if grads is not None:
-            digests["grad"], stat_rows["grad"] = self._summarise(grads, step, "grad")
-        rollups = {kind: digest_rows(rows) for kind, rows in digests.items()}
-        batch_digest = _batch_digest(batch) if batch is not None else None
-        self.writer.append(step, None if loss is None else float(loss), batch_digest, digests, stat_rows, rollups)
-        return digests["param"]
+            grad_digests, row[schema.stats_path("grad")] = self._summarise(grads, step, "grad")
+            row[schema.digests_path("grad")] = grad_digests
+            rollups[1] = digest_rows(grad_digests)
+            has |= schema.HAS_GRADS
+        row[schema.ROLLUP] = rollups
+        if loss is not None:
+            row[schema.LOSS] = float(loss)
+            has |= schema.HAS_LOSS
+        if batch is not None:
+            row[schema.BATCH_DIGEST] = _batch_digest(batch)
+            row[schema.INPUT_STATS], row[schema.LABEL_STATS] = _batch_stats(batch, self.writer.label_counts)
+            has |= schema.HAS_BATCH
+        if activations is not None and len(activations) == len(self.writer.activations):
+            row[schema.ACT_STATS] = np.stack([np.asarray(a, np.float32).reshape(-1)[:4] for a in activations]) \
+                if len(activations) else np.zeros((0, 4), np.float32)
+            has |= schema.HAS_ACTS
+        row[schema.HAS] = has
+        self.writer.append(step, row)
+        return digests
 
     def _summarise(self, arrays: Sequence[Optional[np.ndarray]], step: int, kind: str):
         p = len(self.params)
         if len(arrays) != p:
             raise ValueError(f"got {len(arrays)} {kind} arrays for {p} parameters")
         rows = np.zeros((p, 2), np.uint64)
-        stat_rows = np.full((p, N_STATS), np.nan, np.float32)
+        stat_rows = np.full((p, len(schema.STAT_COLUMNS)), np.nan, np.float32)
         full = step in self.options.full_steps
         for i, (info, array) in enumerate(zip(self.params, arrays)):
             if array is None:
                 continue
             rows[i] = digest(array)
-            stat_rows[i] = stats(array, info.dtype)
+            stat_rows[i, :-1] = stats(array, info.dtype)
             if full:
                 self.writer.write_full(step, kind, i, array)
         return rows, stat_rows
@@ -256,6 +284,40 @@ class Recorder:
 
 def _batch_digest(batch: Sequence[np.ndarray]) -> tuple[int, int]:
     return digest_rows(np.array([digest(np.asarray(x)) for x in batch], dtype=np.uint64))
+
+
+def _update_norms(stat_rows: np.ndarray, params: Sequence[np.ndarray],
+                  previous: Optional[Sequence[np.ndarray]]) -> None:
+    """Fill the last column with the L2 norm of each parameter's change since ``previous``."""
+    if previous is None or len(previous) != len(params):
+        return
+    for i, (now, before) in enumerate(zip(params, previous)):
+        if now is None or before is None or now.shape != before.shape or now.dtype.kind != "f":
+            continue
+        change = (now - before).ravel()
+        stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+
+
+def _batch_stats(batch: Sequence[np.ndarray], label_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of the inputs (the first floating tensor) and the labels (the last
+    integer tensor of at most 2 dimensions), and the running class histogram."""
+    arrays = [np.asarray(x) for x in batch]
+    inputs = next((a for a in arrays if a.dtype.kind == "f" and a.size), None)
+    labels = next((a for a in reversed(arrays) if a.dtype.kind in "iu" and a.ndim <= 2 and a.size), None)
+    input_row = np.full(len(schema.INPUT_COLUMNS), np.nan, np.float32)
+    if inputs is not None:
+        lo, hi, mean, l2, nan, inf = stats(inputs)
+        n = inputs.size
+        std = np.sqrt(max(l2 * l2 / n - mean * mean, 0.0)) if np.isfinite(l2) else np.nan
+        input_row[:] = (lo, hi, mean, std, nan, inf, n)
+    label_row = np.full(len(schema.LABEL_COLUMNS), np.nan, np.float32)
+    if labels is not None:
+        flat = labels.ravel().astype(np.int64)
+        buckets = np.where(flat < 0, schema.MAX_CLASSES, np.minimum(flat, schema.MAX_CLASSES))
+        counts = np.bincount(buckets, minlength=schema.MAX_CLASSES + 1)
+        label_counts += counts[: schema.MAX_CLASSES + 1]
+        label_row[:] = (flat.min(), flat.max(), flat.mean(), counts.max() / flat.size)
+    return input_row, label_row
 
 
 def _close_on_exit(rec: Recorder) -> None:

@@ -73,16 +73,14 @@ class DumpReader:
             raise DumpError(self.path, "parameter tables have different lengths")
         self.params = [ParamInfo(n, s, d, bool(t), bool(g))
                        for n, s, d, t, g in zip(names, shapes, dtypes, trainable, has_grad)]
-        p = len(self.params)
+        self.activations = list(zip((_text(x) for x in f["act/name"][()]), (_text(x) for x in f["act/kind"][()])))
+        layout = schema.step_layout(len(self.params), len(self.activations))
         lengths = []
-        for path in (schema.STEP, schema.TIME, schema.LOSS, schema.HAS, schema.BATCH_DIGEST, schema.ROLLUP):
-            lengths.append(f[path].shape[0])
-        for kind in schema.KINDS:
-            for path in (schema.digests_path(kind), schema.stats_path(kind)):
-                ds = f[path]
-                if ds.ndim != 3 or ds.shape[1] != p:
-                    raise DumpError(self.path, f"dataset {path} has shape {ds.shape}, expected (N, {p}, ...)")
-                lengths.append(ds.shape[0])
+        for path, (tail, _, _) in layout.items():
+            ds = f[path]
+            if tuple(ds.shape[1:]) != tuple(tail):
+                raise DumpError(self.path, f"dataset {path} has rows of shape {ds.shape[1:]}, expected {tail}")
+            lengths.append(ds.shape[0])
         # A write cut short by a crash can leave datasets of unequal length: trust the shortest.
         self.n_steps = min(lengths)
         self.steps = f[schema.STEP][: self.n_steps].astype(np.int64)
@@ -143,9 +141,25 @@ class DumpReader:
         return self._file[schema.digests_path(kind)][start:stop]
 
     def stats(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
-        """(steps, P, 6) float32 statistics; columns as :data:`distcheck.digest.STAT_NAMES`."""
+        """(steps, P, 7) float32 statistics; columns as :data:`schema.STAT_COLUMNS`."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
         return self._file[schema.stats_path(kind)][start:stop]
+
+    def input_stats(self) -> np.ndarray:
+        """(N, 7): the batch's inputs, columns as :data:`schema.INPUT_COLUMNS`."""
+        return self.series(schema.INPUT_STATS)
+
+    def label_stats(self) -> np.ndarray:
+        """(N, 4): the batch's labels, columns as :data:`schema.LABEL_COLUMNS`."""
+        return self.series(schema.LABEL_STATS)
+
+    def label_counts(self) -> np.ndarray:
+        """Labels seen per class over the run (last entry: negative or too large)."""
+        return self._file[schema.LABEL_COUNTS][()]
+
+    def act_stats(self) -> np.ndarray:
+        """(N, A, 4): activation taps, columns as :data:`schema.ACT_COLUMNS`."""
+        return self.series(schema.ACT_STATS)
 
     def full(self, kind: str, step: int, index: int) -> Optional[np.ndarray]:
         """The full tensor of parameter ``index`` at ``step``, if it was recorded."""

@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 import h5py
 import numpy as np
 
-from distcheck.digest import N_STATS
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Status
 
@@ -30,31 +29,25 @@ class DumpWriter:
         path: str,
         params: Sequence[ParamInfo],
         attrs: dict,
+        activations: Sequence[tuple[str, str]] = (),
         full_steps: Sequence[int] = (),
         flush_seconds: float = 2.0,
         heartbeat_seconds: float = 2.0,
     ) -> None:
         self.path = path
         self.params = list(params)
+        self.activations = list(activations)
         self.full_steps = sorted(set(int(s) for s in full_steps))
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._last_flush = time.time()
         self._last_step = -1
         self._closed = False
-        p = len(self.params)
         self._rows = 0
-        self._buf = {
-            schema.STEP: np.zeros(schema.BLOCK, np.int64),
-            schema.TIME: np.zeros(schema.BLOCK, np.float64),
-            schema.LOSS: np.full(schema.BLOCK, np.nan, np.float64),
-            schema.HAS: np.zeros(schema.BLOCK, np.uint8),
-            schema.BATCH_DIGEST: np.zeros((schema.BLOCK, 2), np.uint64),
-            schema.ROLLUP: np.zeros((schema.BLOCK, len(schema.KINDS), 2), np.uint64),
-        }
-        for kind in schema.KINDS:
-            self._buf[schema.digests_path(kind)] = np.zeros((schema.BLOCK, p, 2), np.uint64)
-            self._buf[schema.stats_path(kind)] = np.full((schema.BLOCK, p, N_STATS), np.nan, np.float32)
+        self._layout = schema.step_layout(len(self.params), len(self.activations))
+        self._buf = {path: np.full((schema.BLOCK, *tail), fill, dtype)
+                     for path, (tail, dtype, fill) in self._layout.items()}
+        self.label_counts = np.zeros(schema.MAX_CLASSES + 1, np.int64)
         self._file = h5py.File(path, "w", libver="latest")
         self._create(attrs)
         self._file.swmr_mode = True
@@ -72,16 +65,18 @@ class DumpWriter:
         f.attrs["format_version"] = schema.VERSION
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-        names = [p.name for p in self.params]
-        str_t = h5py.string_dtype()
-        f.create_dataset("params/name", data=np.array(names, dtype=object), dtype=str_t)
-        f.create_dataset("params/shape", data=np.array([json.dumps(list(p.shape)) for p in self.params], dtype=object), dtype=str_t)
-        f.create_dataset("params/dtype", data=np.array([p.dtype for p in self.params], dtype=object), dtype=str_t)
+        _strings(f, "params/name", [p.name for p in self.params])
+        _strings(f, "params/shape", [json.dumps(list(p.shape)) for p in self.params])
+        _strings(f, "params/dtype", [p.dtype for p in self.params])
         f.create_dataset("params/trainable", data=np.array([p.trainable for p in self.params], dtype=bool))
         f.create_dataset("params/has_grad", data=np.array([p.has_grad for p in self.params], dtype=bool))
+        _strings(f, "act/name", [name for name, _ in self.activations])
+        _strings(f, "act/kind", [kind for _, kind in self.activations])
         for path, buf in self._buf.items():
-            f.create_dataset(path, shape=(0, *buf.shape[1:]), maxshape=(None, *buf.shape[1:]),
-                             chunks=(schema.BLOCK, *buf.shape[1:]), dtype=buf.dtype)
+            # A zero-length dimension (no activation taps) must be unlimited to be chunked.
+            f.create_dataset(path, shape=(0, *buf.shape[1:]), maxshape=(None, *(d or None for d in buf.shape[1:])),
+                             chunks=(schema.BLOCK, *(max(1, d) for d in buf.shape[1:])), dtype=buf.dtype)
+        f.create_dataset(schema.LABEL_COUNTS, data=self.label_counts)
         f.create_dataset(schema.HEARTBEAT, shape=(0, 2), maxshape=(None, 2), chunks=(256, 2), dtype=np.float64)
         f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
         f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
@@ -95,37 +90,15 @@ class DumpWriter:
                     full.create_dataset(f"{kind}/{i}", shape=(len(self.full_steps), *p.shape), dtype=dtype)
 
     # -- rows --------------------------------------------------------------------
-    def append(
-        self,
-        step: int,
-        loss: Optional[float],
-        batch_digest: Optional[tuple[int, int]],
-        digests: dict[str, np.ndarray],
-        stats: dict[str, np.ndarray],
-        rollups: dict[str, tuple[int, int]],
-    ) -> None:
-        """Buffer one step. ``digests``/``stats`` map a kind (param, grad) to (P, 2)/(P, 6)."""
+    def append(self, step: int, row: dict[str, object]) -> None:
+        """Buffer one step. ``row`` maps per-step dataset paths to this step's values;
+        the step number and time are filled in, absent paths get their fill value."""
         with self._lock:
             i = self._rows
-            b = self._buf
-            has = 0
-            b[schema.STEP][i] = step
-            b[schema.TIME][i] = time.time()
-            b[schema.LOSS][i] = np.nan if loss is None else loss
-            has |= 0 if loss is None else schema.HAS_LOSS
-            b[schema.BATCH_DIGEST][i] = batch_digest or (0, 0)
-            has |= 0 if batch_digest is None else schema.HAS_BATCH
-            for k, kind in enumerate(schema.KINDS):
-                if kind in digests:
-                    b[schema.digests_path(kind)][i] = digests[kind]
-                    b[schema.stats_path(kind)][i] = stats[kind]
-                    b[schema.ROLLUP][i, k] = rollups[kind]
-                    has |= schema.HAS_PARAMS if kind == "param" else schema.HAS_GRADS
-                else:
-                    b[schema.digests_path(kind)][i] = 0
-                    b[schema.stats_path(kind)][i] = np.nan
-                    b[schema.ROLLUP][i, k] = 0
-            b[schema.HAS][i] = has
+            for path, (_, _, fill) in self._layout.items():
+                self._buf[path][i] = row.get(path, fill)
+            self._buf[schema.STEP][i] = step
+            self._buf[schema.TIME][i] = time.time()
             self._rows += 1
             self._last_step = step
             due = time.time() - self._last_flush >= self.flush_seconds
@@ -155,6 +128,7 @@ class DumpWriter:
                 ds.resize(start + n, axis=0)
                 ds[start:start + n] = buf[:n]
             self._rows = 0
+        self._file[schema.LABEL_COUNTS][...] = self.label_counts
         self._beat_locked()
         self._file.flush()
         self._last_flush = time.time()
@@ -190,3 +164,7 @@ class DumpWriter:
             self._file.flush()
             self._closed = True
             self._file.close()
+
+
+def _strings(f: h5py.File, path: str, values: list[str]) -> None:
+    f.create_dataset(path, data=np.array(values, dtype=object), dtype=h5py.string_dtype(), shape=(len(values),))
