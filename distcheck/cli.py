@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the online cross-rank check every K recorded steps (default: step 0 only)")
     p.add_argument("--flush-seconds", type=float, default=2.0, metavar="S",
                    help="write buffered rows to disk at least this often (default 2; 0: every step)")
+    p.add_argument("--activations", action="store_true",
+                   help="tap activation cells (ReLU, Sigmoid, Tanh, ...) for saturation and dead-unit "
+                        "statistics (also: DISTCHECK_ACTIVATIONS=1)")
     p.add_argument("--no-analyze", action="store_true", help="do not analyse after the job")
     p.add_argument("--local-n", type=int, metavar="M", help="msrun: ranks on this node (default: N)")
     p.add_argument("--master-addr", metavar="HOST", help="msrun: scheduler host for multi-node jobs")

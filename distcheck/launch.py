@@ -92,7 +92,8 @@ def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
     env = dict(os.environ)
     steps = tuple(int(s) for s in args.full_steps.split(",") if s.strip()) if args.full_steps else ()
     options = ProbeOptions(every=args.every, full_steps=steps, fail_fast=args.fail_fast,
-                           online_every=args.online_every, flush_seconds=args.flush_seconds)
+                           online_every=args.online_every, flush_seconds=args.flush_seconds,
+                           activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1")
     env.update(options.to_env())
     env[ENV_RUN_DIR] = run_dir
     env["PYTHONPATH"] = os.pathsep.join(p for p in (INJECT_DIR, env.get("PYTHONPATH", "")) if p)

@@ -48,12 +48,14 @@ from mindspore.train import Callback, Model
 BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill")
 
 NUM_FEATURES = 16
+HIDDEN = 32
 NUM_CLASSES = 4
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=12, help="training steps (default 12)")
+    p.add_argument("--steps", type=int, default=12,
+                   help="training steps (default 12; with --sink, rounded up to a multiple of --sink-size)")
     p.add_argument("--batch-size", type=int, default=16, help="per-rank batch size")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1234)
@@ -72,28 +74,35 @@ def launched_distributed():
 
 
 class MLP(nn.Cell):
+    """16 -> 32 -> 4, optionally with BatchNorm1d after the hidden layer.
+
+    One hidden layer on purpose: with two, the NaN that an Inf input causes
+    in the second layer is masked by its ReLU (on CPU), and the loss stays
+    finite.
+    """
+
     def __init__(self, batch_norm=False):
         super().__init__()
-        self.fc1 = nn.Dense(NUM_FEATURES, 32)
-        self.bn = nn.BatchNorm1d(32) if batch_norm else None
-        self.fc2 = nn.Dense(32, 32)
-        self.fc3 = nn.Dense(32, NUM_CLASSES)
+        self.fc1 = nn.Dense(NUM_FEATURES, HIDDEN)
+        self.bn = nn.BatchNorm1d(HIDDEN) if batch_norm else None
         self.relu = nn.ReLU()
+        self.fc2 = nn.Dense(HIDDEN, NUM_CLASSES)
 
     def construct(self, x):
         x = self.fc1(x)
         if self.bn is not None:
             x = self.bn(x)
-        x = self.relu(x)
-        x = self.relu(self.fc2(x))
-        return self.fc3(x)
+        return self.fc2(self.relu(x))
 
 
 def synthetic_data(num_samples, seed=0):
-    """A fixed, learnable classification problem (same on every rank)."""
+    """A fixed, learnable classification problem (same on every rank).
+
+    More samples extend fewer: the first n are the same for any num_samples.
+    """
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((num_samples, NUM_FEATURES)).astype(np.float32)
     w = rng.standard_normal((NUM_FEATURES, NUM_CLASSES)).astype(np.float32)
+    x = rng.standard_normal((num_samples, NUM_FEATURES)).astype(np.float32)
     y = np.argmax(x @ w, axis=1).astype(np.int32)
     return x, y
 
@@ -137,22 +146,17 @@ class PrintLoss(Callback):
 
 
 class NudgeWeight(Callback):
-    """Bug `nudge`: add a tiny value to one weight before update `step`."""
+    """Bug `nudge`: add a tiny value to one weight just before update `step`."""
 
     def __init__(self, param, step, delta=1e-4):
         super().__init__()
         self.param, self.step, self.delta = param, step, delta
+        self.done = False
 
-    def nudge(self):
-        self.param.set_data(ms.Tensor(self.param.asnumpy() + self.delta))
-
-    def on_train_begin(self, run_context):
-        if self.step <= 1:
-            self.nudge()
-
-    def on_train_step_end(self, run_context):
-        if run_context.original_args().cur_step_num == self.step - 1:
-            self.nudge()
+    def on_train_step_begin(self, run_context):
+        if not self.done and run_context.original_args().cur_step_num >= self.step:
+            self.param.set_data(ms.Tensor(self.param.asnumpy() + self.delta))
+            self.done = True
 
 
 class KillSelf(Callback):

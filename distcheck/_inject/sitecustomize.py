@@ -14,12 +14,27 @@ import sys
 def _install() -> None:
     if not os.environ.get("DISTCHECK_RUN_DIR"):
         return
+    _node_id_from_mpi()
     try:
         from distcheck.mindspore.attach import install_import_hook
     except Exception as exc:  # a broken install must not stop the user's job
         print(f"distcheck: probe not installed: cannot import distcheck: {exc}", file=sys.stderr, flush=True)
         return
     install_import_hook()
+
+
+def _node_id_from_mpi() -> None:
+    """Under `distcheck launch --launcher mpirun`, MindSpore's node id is the MPI rank.
+
+    Without it MindSpore numbers the workers in the order they reach the scheduler, which
+    need not match the MPI ranks that the probes use to talk.
+    """
+    if os.environ.get("DISTCHECK_COMM") != "mpi" or os.environ.get("MS_ROLE") != "MS_WORKER":
+        return
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
+    if rank is not None:
+        os.environ.setdefault("MS_NODE_ID", rank)
+        os.environ.setdefault("RANK_ID", rank)
 
 
 def _chain() -> None:

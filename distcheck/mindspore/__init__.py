@@ -4,6 +4,8 @@
 - `DistcheckCallback`: the same, added by hand to `Model.train(callbacks=...)`;
 - `Probe`: for hand-written training loops (`probe.wrap(optimizer)`, `begin`, `step_end`, `close`);
 - `GradCapture`, `install_grad_capture`: post-AllReduce gradients from inside the compiled step;
+- `install_activation_probes`: opt-in activation statistics from inside the compiled step;
+- `describe_training`: the training setup (modes, frozen parameters, dropout, optimizer), read once;
 - `MindSporeWorld`: the `World` over MindSpore's communication (`msrun`).
 
 Importing this package does not import MindSpore (a sitecustomize imports
@@ -25,6 +27,9 @@ _EXPORTS = {
     "install_grad_capture": "distcheck.mindspore.capture",
     "find_grad_capture": "distcheck.mindspore.capture",
     "Probe": "distcheck.mindspore.probe",
+    "ActivationTap": "distcheck.mindspore.activations",
+    "install_activation_probes": "distcheck.mindspore.activations",
+    "describe_training": "distcheck.mindspore.static",
     "MindSporeWorld": "distcheck.mindspore.world",
 }
 

@@ -2,7 +2,8 @@
 
 `attach()` patches `mindspore.train.Model.train` and `.fit` so that, when
 `DISTCHECK_RUN_DIR` is set, each call gets its optimizer wrapped in a `GradCapture`
-(before the graph compiles) and a `DistcheckCallback` appended to its callbacks.
+(before the graph compiles), its activation cells tapped if `DISTCHECK_ACTIVATIONS=1`,
+and a `DistcheckCallback` appended to its callbacks.
 
 `install_import_hook()` defers that until the training script imports MindSpore. It is
 meant for a `sitecustomize` and therefore imports nothing heavy and prints nothing: msrun
@@ -69,8 +70,10 @@ def _recording(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def _with_probe(model: Any, callbacks: Any) -> Any:
     """`callbacks` (None, one Callback or a list) plus a DistcheckCallback."""
+    from distcheck.mindspore.activations import install_activation_probes
     from distcheck.mindspore.callback import DistcheckCallback
     from distcheck.mindspore.capture import install_grad_capture
+    from distcheck.recorder import ProbeOptions
 
     existing = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
     _state["recorded"] = "yes"
@@ -79,6 +82,9 @@ def _with_probe(model: Any, callbacks: Any) -> Any:
     train_network = getattr(model, "_train_network", None)
     if train_network is not None:
         install_grad_capture(train_network)
+        if ProbeOptions.from_env().activations:
+            # Named as in the user's network (Model's `_network`), like its parameters.
+            install_activation_probes(getattr(model, "_network", None) or train_network)
     return [*existing, DistcheckCallback()]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from mindspore.nn import Cell
 from mindspore.train import Callback, RunContext
 
+from distcheck.mindspore.activations import find_activation_taps
 from distcheck.mindspore.capture import GradCapture, find_grad_capture, install_grad_capture
 from distcheck.mindspore.probe import Probe, split_outputs
 from distcheck.recorder import ProbeOptions, log
@@ -39,11 +40,14 @@ class DistcheckCallback(Callback):
             return  # already used for an earlier Model.train call
         args = run_context.original_args()
         sink = args.get("sink_size") if args.get("dataset_sink_mode") else None
-        self.probe = Probe(args.network, run_dir=self.run_dir, options=self.options, meta={"sink_size": sink})
+        self.probe = Probe(args.network, run_dir=self.run_dir, options=self.options, meta={"sink_size": sink},
+                           optimizer=args.get("optimizer"))
         with self.probe.guard("cannot wrap the optimizer"):
             capture = _capture_for(args.train_network, self.probe.rank)
             if capture is not None:
                 self.probe.wrap(capture)
+        with self.probe.guard("cannot tap activations"):
+            _tap_activations(self.probe, args.train_network)
         self.probe.begin(step=int(args.cur_step_num))
 
     def on_train_step_end(self, run_context: RunContext) -> None:
@@ -73,3 +77,12 @@ def _capture_for(train_network: Cell, rank: str) -> GradCapture | None:
             "wrap its optimizer; call distcheck.mindspore.attach() before Model.build()")
         return None
     return install_grad_capture(train_network)
+
+
+def _tap_activations(probe: Probe, train_network: Cell) -> None:
+    """Adopt the taps `attach()` installed, or install them if the graph is not built yet."""
+    if find_activation_taps(train_network) or not train_network.compile_cache:
+        probe.tap_activations()
+    elif (probe.options or ProbeOptions.from_env()).activations:
+        log(f"activations not recorded on rank {probe.rank}: the train network was compiled before distcheck "
+            "could tap them; call distcheck.mindspore.attach() before Model.build()")

@@ -5,6 +5,7 @@
 
     probe = Probe(network, run_dir="runs/x")      # run_dir defaults to $DISTCHECK_RUN_DIR
     opt = probe.wrap(optimizer)                   # use `opt` in your TrainStep cell
+    probe.tap_activations()                       # only acts with DISTCHECK_ACTIVATIONS=1
     probe.begin()                                 # records step 0
     for step, (x, y) in enumerate(batches, 1):
         loss = train_step(x, y)
@@ -29,7 +30,9 @@ import numpy as np
 import xxhash
 from mindspore import Parameter, Tensor, nn
 
+from distcheck.mindspore.activations import ACT_PREFIX, ActivationTap, install_activation_probes
 from distcheck.mindspore.capture import GRAD_PREFIX, GradCapture
+from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
 from distcheck.recorder import ConsistencyError, ParamInfo, ProbeOptions, Recorder, log, run_dir_from_env
 from distcheck.world import MpiWorld, SingleWorld, World
@@ -50,16 +53,21 @@ class Probe:
         options: what to record; defaults to `ProbeOptions.from_env()`.
         world: how ranks talk; defaults to `default_world()`.
         meta: extra run metadata, merged over what the probe finds itself.
+        optimizer: the optimizer, when not given through `wrap()`; only described
+            in the metadata (``meta["static"]``, see `describe_training`).
     """
 
     def __init__(self, network: nn.Cell, *, run_dir: str | None = None, options: ProbeOptions | None = None,
-                 world: World | None = None, meta: dict[str, Any] | None = None) -> None:
+                 world: World | None = None, meta: dict[str, Any] | None = None,
+                 optimizer: nn.Cell | None = None) -> None:
         self.network = network
         self.run_dir = run_dir or run_dir_from_env()
         self.options = options
         self.world = world
         self.meta = dict(meta or {})
+        self.optimizer = optimizer
         self.capture: GradCapture | None = None
+        self.taps: list[ActivationTap] = []
         self.enabled = True
         self._recorder: Recorder | None = None
         self._params: list[Parameter] = []
@@ -75,6 +83,22 @@ class Probe:
         self.capture = capture
         return capture
 
+    def tap_activations(self) -> list[ActivationTap]:
+        """Tap the network's activation cells, if activation statistics are asked for.
+
+        They are asked for with ``DISTCHECK_ACTIVATIONS=1`` (`ProbeOptions.activations`);
+        otherwise, or with no run directory, the network is left alone. Call before the
+        first step: a graph compiled earlier runs without the taps. Idempotent. See
+        `distcheck.mindspore.activations` for what is measured and what cannot be.
+        """
+        if not self.enabled or self.run_dir is None or self._recorder is not None:
+            return self.taps
+        if not (self.options or ProbeOptions.from_env()).activations:
+            return self.taps
+        with self.guard("cannot tap activations"):
+            self.taps = install_activation_probes(self.network)
+        return self.taps
+
     def begin(self, step: int = 0) -> None:
         """Open the dump and record the state before the first update (`step`, normally 0)."""
         if self._recorder is not None or not self.enabled:
@@ -88,14 +112,15 @@ class Probe:
             self._params = network_parameters(self.network)
             self._grad_slots = self._match_grads()
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
-            meta = {**framework_meta(self.world.size), **self.meta}
-            self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options)
+            meta = {**framework_meta(self.world.size), "static": self._static(), **self.meta}
+            taps = [(tap.name, tap.kind) for tap in self.taps]
+            self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options, activations=taps)
         if self._recorder is None and self.world is not None:
             # Still join the online checks, saying "nothing from me", so no rank waits for this one.
             self._recorder = Recorder.offline(self.world, options)
         if self.enabled:
             with self.guard(f"step {step}"):
-                self._record(step, grads_valid=False, loss=None, batch=None)
+                self._record(step, grads_valid=False, loss=None, batch=None, forward_ran=False)
         self._join_online(step)
 
     # -- per step ----------------------------------------------------------------
@@ -135,13 +160,26 @@ class Probe:
                 recorder.close(clean=clean)
 
     # -- internals ---------------------------------------------------------------
-    def _record(self, step: int, grads_valid: bool, loss: float | None, batch: list[np.ndarray] | None) -> None:
+    def _record(self, step: int, grads_valid: bool, loss: float | None, batch: list[np.ndarray] | None,
+                forward_ran: bool = True) -> None:
         params = [to_numpy(p) for p in self._params]
         grads = None
         if grads_valid and self.capture is not None:
             shadows = self.capture.shadows
             grads = [None if slot is None else to_numpy(shadows[slot]) for slot in self._grad_slots]
-        self._recorder.record(step, params, grads, loss, batch)
+        # The taps hold the forward pass of the step just taken (also one whose update
+        # a loss-scale overflow skipped); before the first step they hold zeros.
+        activations = [tap.stats() for tap in self.taps] if self.taps and forward_ran else None
+        self._recorder.record(step, params, grads, loss, batch, activations=activations)
+
+    def _static(self) -> dict[str, Any] | None:
+        """`describe_training` for the metadata; None (and one log line) if it fails."""
+        try:
+            optimizer = self.capture if self.capture is not None else self.optimizer
+            return describe_training(self.network, optimizer)
+        except Exception as exc:  # a description is not worth the recording
+            log(f"training setup not described on rank {self.rank}: {type(exc).__name__}: {exc}")
+            return None
 
     def _match_grads(self) -> list[int | None]:
         """For each recorded parameter, its slot among the captured gradients."""
@@ -202,7 +240,7 @@ def network_parameters(network: nn.Cell) -> list[Parameter]:
     `scale_sense`. Optimizer state is every parameter an `nn.Optimizer` holds beyond
     the ones it updates: moments, accumulators, `global_step`, `learning_rate`, ...
     """
-    network = _model_of(network)
+    network = model_of(network)
     state: set[int] = set()
     for _, cell in network.cells_and_names():
         if isinstance(cell, nn.Optimizer):
@@ -211,14 +249,24 @@ def network_parameters(network: nn.Cell) -> list[Parameter]:
     seen: set[int] = set()
     params = []
     for _, param in network.parameters_and_names():
-        if id(param) in seen or id(param) in state or param.name.startswith(GRAD_PREFIX):
+        if id(param) in seen or id(param) in state or is_shadow(param.name):
             continue
         seen.add(id(param))
         params.append(param)
     return params
 
 
-def _model_of(network: nn.Cell) -> nn.Cell:
+def is_shadow(name: str) -> bool:
+    """Whether a parameter name is one of distcheck's shadows (gradients, activation stats).
+
+    A cell with auto_prefix=True that adopts a tapped network later prefixes the
+    shadow's name too ("net.distcheck_act.layers.1"), so the prefix is looked for
+    after a dot as well.
+    """
+    return any(name.startswith(prefix) or f".{prefix}" in name for prefix in (GRAD_PREFIX, ACT_PREFIX))
+
+
+def model_of(network: nn.Cell) -> nn.Cell:
     """The `network` child of the first train cell (one with an `optimizer` child) inside `network`."""
     for _, cell in network.cells_and_names():
         children = cell.name_cells()
@@ -235,8 +283,13 @@ def dtype_name(dtype: Any) -> str:
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """Host copy of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits."""
-    array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+    """Host copy of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits.
+
+    A copy indeed: on CPU `asnumpy()` of a Parameter is a view of its memory, which
+    the next update overwrites in place (the recorder keeps the previous step's
+    arrays to measure each update).
+    """
+    array = value.asnumpy().copy() if isinstance(value, Tensor) else np.asarray(value)
     if array.dtype.name == "bfloat16":  # MindSpore's own numpy bfloat16 type
         array = array.view(np.uint16)
     return array

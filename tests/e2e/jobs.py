@@ -26,11 +26,14 @@ class Result:
 
 
 def launch(out: str, script: str, *script_args: str, n: int = 3, launcher: str = "msrun",
-           options: tuple = (), timeout: int = 300) -> Result:
+           options: tuple = (), timeout: int = 300, env: dict = None) -> Result:
     argv = [*DISTCHECK, "launch", "-n", str(n), "--launcher", launcher, "--out", out, "--format", "json",
             *options, "--", sys.executable, os.path.join(SCRIPTS, script), *script_args]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), env.get("PATH", "")))
+    # Faster cluster start-up on one machine (MindSpore's connection retry interval, seconds).
+    env.setdefault("MS_RETRY_INTERVAL_LOWER", "1")
+    env.setdefault("MS_RETRY_INTERVAL_UPPER", "2")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=out)
     try:
         report = json.loads(proc.stdout)

@@ -1,0 +1,107 @@
+"""Rules on the post-reduce gradients."""
+from __future__ import annotations
+
+import numpy as np
+
+from distcheck.findings import Severity, name_list
+from distcheck.rules.rankdata import RankData
+from distcheck.rules.registry import finding, rule
+
+
+def _weights(rank: RankData) -> np.ndarray:
+    """Columns of trainable parameters with a recorded gradient."""
+    return np.array([i for i, p in enumerate(rank.params) if p.trainable and p.has_grad], int)
+
+
+@rule("grad_vanishing", Severity.WARNING, "grad", "per parameter: the gradient is vanishingly small")
+def grad_vanishing(rank: RankData, settings: dict):
+    """
+    Phenomenon: a parameter's gradient is so small that it barely learns, typically the first
+    layers of a deep stack of saturating activations (sigmoid, tanh).
+
+    Measure: the root-mean-square of the gradient, ``L2 / sqrt(size)`` (from the stored L2
+    norm), its median over the recorded steps. RMS >= mean |g|, so this flags a subset of
+    what a mean-|g| rule flags, never more.
+
+    Likely causes: model structure (deep stacks of sigmoid/tanh, no normalisation, no
+    residual connections); weight initialisation too small; saturated activations;
+    hyperparameters (a loss scale that underflows in float16).
+
+    Defaults: flagged when the median RMS is below ``absolute`` 1e-7 (smdebug
+    VanishingGradient: mean |g| < 1e-7; MindInsight: 1e-9), or below ``relative`` 1e-3 times
+    the largest median RMS of any parameter: a layer learning a thousand times slower than
+    the fastest one. The relative test is ours: small networks rarely reach 1e-7, and the
+    symptom that matters is the gap between layers.
+
+    Fix: use ReLU-like activations, normalisation layers or residual connections; a He or
+    Xavier initialisation; check the loss scale.
+    """
+    cols = _weights(rank)
+    mask = rank.grad_mask & (rank.steps > 0)
+    if not len(cols) or mask.sum() == 0:
+        return []
+    rms = rank.column("grad", "l2")[mask][:, cols] / np.sqrt(rank.sizes[cols])
+    median = np.nanmedian(np.where(np.isfinite(rms), rms, np.nan), axis=0)
+    if np.all(np.isnan(median)):
+        return []
+    top = float(np.nanmax(median))
+    low = (median < settings["absolute"]) | (median < settings["relative"] * top)
+    low &= ~np.isnan(median)
+    if not low.any():
+        return []
+    names = [rank.name(c) for c in cols[low]]
+    worst = ", ".join(f"{rank.name(c)} {m:.2g}" for c, m in zip(cols[low], median[low]))
+    return [finding("grad_vanishing", None, [rank.rank], names,
+                    f"Vanishing gradients in {len(names)} parameter(s): median gradient RMS {worst}, against "
+                    f"{top:.2g} for the parameter that learns fastest. Layers this far behind hardly learn: "
+                    "use ReLU-like activations, normalisation or residual connections.")]
+
+
+@rule("grad_exploding", Severity.ERROR, "grad", "the gradient norm jumps far above its running level, or turns non-finite")
+def grad_exploding(rank: RankData, settings: dict):
+    """
+    Phenomenon: the global gradient norm (over every recorded gradient) jumps to more than
+    ``factor`` times its running median, or a gradient holds NaN or Inf.
+
+    Likely causes: hyperparameters (learning rate too large, no gradient clipping, loss
+    scale too large); data (an outlier batch); a loss that is already non-finite (then the
+    loss is the root cause and this is its symptom).
+
+    Defaults: factor 10 over the median norm of the previous ``window`` 50 recorded steps,
+    after ``warmup`` 3 steps
+    (msprobe's monitor flags a statistic 50% above its weighted history, tuned for long LLM
+    runs; 10x keeps the normal early decay of small networks quiet).
+
+    Fix: lower the learning rate, clip gradients (e.g. ops.clip_by_global_norm), check the
+    batch at that step.
+    """
+    mask = rank.grad_mask & (rank.steps > 0)
+    if mask.sum() == 0:
+        return []
+    cols = _weights(rank)
+    l2 = rank.column("grad", "l2")[mask][:, cols].astype(np.float64)
+    bad_values = (rank.column("grad", "nan")[mask][:, cols] + rank.column("grad", "inf")[mask][:, cols]) > 0
+    steps = rank.steps[mask]
+    norm = np.sqrt(np.sum(np.square(l2), axis=1))
+    nonfinite = bad_values.any(axis=1) | ~np.isfinite(norm)
+    spikes = np.zeros(len(norm), bool)
+    level = np.full(len(norm), np.nan)
+    warm, window = int(settings["warmup"]), int(settings["window"])
+    for i in range(warm, len(norm)):
+        history = norm[max(0, i - window):i]
+        history = history[np.isfinite(history)]
+        if len(history):
+            level[i] = np.median(history)
+            spikes[i] = np.isfinite(norm[i]) and norm[i] > settings["factor"] * max(level[i], 1e-30)
+    hit = nonfinite | spikes
+    if not hit.any():
+        return []
+    i = int(np.argmax(hit))
+    if nonfinite[i]:
+        names = [rank.name(c) for c, b in zip(cols, bad_values[i]) if b] or ["(global norm)"]
+        message = (f"Non-finite gradients at step {int(steps[i])} in {name_list(names)}. If the loss was already "
+                   "non-finite, that is the root cause; otherwise lower the learning rate or clip gradients.")
+        return [finding("grad_exploding", int(steps[i]), [rank.rank], names, message, detail={"nonfinite": True})]
+    return [finding("grad_exploding", int(steps[i]), [rank.rank], [],
+                    f"The gradient norm jumped to {norm[i]:.4g} at step {int(steps[i])}, {norm[i] / level[i]:.0f}x "
+                    f"its running median {level[i]:.4g}. Lower the learning rate or clip gradients.")]

@@ -1,0 +1,157 @@
+"""Train a small classifier with MindSpore ``Model.train``, with one planted accuracy problem.
+
+An ordinary single-device training script (no ``init()``, STAND_ALONE, GRAPH_MODE by
+default) that knows nothing about distcheck; it runs on CPU in a few seconds. It gives
+the training-health rules something to find::
+
+    python scripts/train_health.py --problem lr_huge
+
+``--problem NAME``:
+
+  none           healthy: normalised inputs, balanced shuffled labels, a sensible lr
+  lr_huge        learning rate 1000x too large: the loss blows up to NaN within a few steps
+  lr_zero        learning rate 0: nothing moves
+  zero_init      the middle Dense layer's weight starts as all zeros
+  deep_sigmoid   ten Dense+Sigmoid layers: the first layers' gradients vanish
+  frozen         ``fc1.weight`` (requires_grad=True) is left out of the optimizer
+  dropout        ``nn.Dropout(keep_prob=0.1)``, the MindSpore 1.x spelling of "drop 10%"
+  scaled_inputs  inputs multiplied by 1000 (not normalised)
+  sorted_labels  data sorted by label and not shuffled: every batch holds one class
+
+The last line printed is the loss of the first and the last step.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+import mindspore as ms
+import mindspore.dataset as ds
+from mindspore import nn
+from mindspore.train import Callback, Model
+
+PROBLEMS = ("none", "lr_huge", "lr_zero", "zero_init", "deep_sigmoid", "frozen", "dropout",
+            "scaled_inputs", "sorted_labels")
+
+NUM_FEATURES = 16
+HIDDEN = 32
+NUM_CLASSES = 4
+POOL = 1024  # samples; steps beyond one pass go round it again (reshuffled unless sorted_labels)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--problem", choices=PROBLEMS, default="none", help="planted problem (default none)")
+    p.add_argument("--steps", type=int, default=80, help="training steps (default 80)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 0.05; 50 for lr_huge, 0 for lr_zero, 0.5 for deep_sigmoid)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
+    return p.parse_args()
+
+
+class MLP(nn.Cell):
+    """16 -> 32 -> 32 -> 4 with ReLU (optionally Dropout after each hidden layer)."""
+
+    def __init__(self, zero_middle=False, keep_prob=None):
+        super().__init__()
+        self.fc1 = nn.Dense(NUM_FEATURES, HIDDEN)
+        self.act1 = nn.ReLU()
+        self.fc2 = nn.Dense(HIDDEN, HIDDEN, weight_init="zeros" if zero_middle else None)
+        self.act2 = nn.ReLU()
+        self.head = nn.Dense(HIDDEN, NUM_CLASSES)
+        self.drop = nn.Dropout(keep_prob=keep_prob) if keep_prob is not None else nn.Identity()
+
+    def construct(self, x):
+        x = self.drop(self.act1(self.fc1(x)))
+        x = self.drop(self.act2(self.fc2(x)))
+        return self.head(x)
+
+
+class DeepSigmoid(nn.Cell):
+    """``depth`` Dense+Sigmoid layers, then a Dense head."""
+
+    def __init__(self, depth=10):
+        super().__init__()
+        cells = []
+        width = NUM_FEATURES
+        for _ in range(depth):
+            cells += [nn.Dense(width, HIDDEN), nn.Sigmoid()]
+            width = HIDDEN
+        self.body = nn.SequentialCell(cells)
+        self.head = nn.Dense(HIDDEN, NUM_CLASSES)
+
+    def construct(self, x):
+        return self.head(self.body(x))
+
+
+def synthetic_data(rng):
+    """A balanced, learnable 4-class problem: Gaussian blobs, features standardised."""
+    y = np.repeat(np.arange(NUM_CLASSES), POOL // NUM_CLASSES).astype(np.int32)
+    centres = rng.standard_normal((NUM_CLASSES, NUM_FEATURES)).astype(np.float32)
+    x = centres[y] + 1.5 * rng.standard_normal((POOL, NUM_FEATURES)).astype(np.float32)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return x.astype(np.float32), y
+
+
+def create_dataset(args, rng):
+    """Exactly ``steps`` batches, in the order the problem asks for."""
+    x, y = synthetic_data(rng)
+    if args.problem == "scaled_inputs":
+        x = x * 1000.0
+    needed = args.steps * args.batch_size
+    passes = -(-needed // POOL)
+    if args.problem == "sorted_labels":
+        order = np.concatenate([np.argsort(y, kind="stable")] * passes)
+    else:
+        order = np.concatenate([rng.permutation(POOL) for _ in range(passes)])
+    order = order[:needed]
+    dataset = ds.NumpySlicesDataset({"x": x[order], "y": y[order]}, shuffle=False)
+    return dataset.batch(args.batch_size, drop_remainder=True)
+
+
+class LossLog(Callback):
+    """Keeps each step's loss (printing only the first and last)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_step_end(self, run_context):
+        outputs = run_context.original_args().net_outputs
+        loss = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        self.losses.append(float(loss.asnumpy()))
+
+
+def main():
+    args = parse_args()
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
+    ms.set_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    problem = args.problem
+    default_lr = {"lr_huge": 50.0, "lr_zero": 0.0, "deep_sigmoid": 0.5}.get(problem, 0.05)
+    lr = default_lr if args.lr is None else args.lr
+
+    if problem == "deep_sigmoid":
+        net = DeepSigmoid()
+    else:
+        net = MLP(zero_middle=problem == "zero_init", keep_prob=0.1 if problem == "dropout" else None)
+    params = net.trainable_params()
+    if problem == "frozen":
+        params = [p for p in params if p.name != "fc1.weight"]
+    optimizer = nn.Momentum(params, learning_rate=lr, momentum=0.9)
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+    log = LossLog()
+    model = Model(net, loss_fn, optimizer)
+    model.train(1, create_dataset(args, rng), callbacks=[log], dataset_sink_mode=False)
+    if log.losses:
+        print(f"{problem}: loss {log.losses[0]:.4g} at step 1, {log.losses[-1]:.4g} at step {len(log.losses)}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
