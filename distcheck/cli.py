@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_options(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(handler=cmd_launch)
+
+    p = sub.add_parser("rules", help="list every finding code with its severity and one line")
+    p.set_defaults(handler=cmd_rules)
+    p = sub.add_parser("explain", help="print the documentation of a finding code")
+    p.add_argument("code")
+    p.set_defaults(handler=cmd_explain)
     return parser
 
 
@@ -103,7 +109,9 @@ def report(run_dirs: list[str], config: dict, args: argparse.Namespace) -> int:
     from distcheck.analysis import analyze
     from distcheck.findings import Severity
 
-    analysis = analyze(run_dirs, config)
+    from distcheck.rules import health_checks
+
+    analysis = analyze(run_dirs, config, checks=[health_checks])
     if args.format == "json":
         from distcheck.report.json_report import render_json
 
@@ -130,13 +138,40 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return launch(args, config)
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from distcheck.rules import RULES
+
+    width = max(len(code) for code in RULES)
+    for code, r in sorted(RULES.items(), key=lambda kv: (not kv[1].cross_rank, kv[0])):
+        scope = "cross-rank" if r.cross_rank else "per rank"
+        print(f"{code:<{width}}  {r.severity.value:<7}  {scope:<10}  {r.summary}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from distcheck.rules import RULES
+
+    r = RULES.get(args.code)
+    if r is None:
+        raise UsageError(f"unknown code '{args.code}'; 'distcheck rules' lists them all")
+    print(f"{r.code} ({r.severity.value}, {'cross-rank' if r.cross_rank else 'per rank'}): {r.summary}\n")
+    print(r.doc)
+    return 0
+
+
 def _config(path: Optional[str]) -> dict:
     from distcheck.config import ConfigError, load_config
+    from distcheck.rules import RULES
 
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    unknown = [c for c in config["rules"]["disable"] or () if c not in RULES]
+    if unknown:
+        raise UsageError(f"{path}: rules.disable names unknown code(s) {', '.join(map(str, unknown))}; "
+                         "'distcheck rules' lists them")
+    return config
 
 
 def _emit(text: str, output: Optional[str]) -> None:

@@ -9,7 +9,8 @@ the training-health rules something to find::
 ``--problem NAME``:
 
   none           healthy: normalised inputs, balanced shuffled labels, a sensible lr
-  lr_huge        learning rate 1000x too large: the loss blows up to NaN within a few steps
+  lr_huge        learning rate 1000x too large (50): the loss is Inf from step 2 and the
+                 weights reach 1e22 by step 5; with --lr 500 the loss is NaN from step 5
   lr_zero        learning rate 0: nothing moves
   zero_init      the middle Dense layer's weight starts as all zeros
   deep_sigmoid   ten Dense+Sigmoid layers: the first layers' gradients vanish

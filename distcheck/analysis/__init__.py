@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Sequence
 
+from distcheck.analysis.causes import link_causes
 from distcheck.analysis.data import data_not_sharded, loss_nonfinite
 from distcheck.analysis.divergence import episode_findings, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
 from distcheck.analysis.structure import common_structure, replica_groups
 from distcheck.findings import Finding, sort_findings
+
+
+Check = Callable[[Run, dict], list[Finding]]
 
 
 @dataclass
@@ -19,14 +23,16 @@ class Analysis:
     errors: list[InputError] = field(default_factory=list)
 
 
-def analyze(dirs: list[str], config: dict[str, Any], extra: Optional[list] = None) -> Analysis:
-    """Load the run in ``dirs`` and judge it. ``extra`` are more checks: ``f(run, config) -> findings``."""
+def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = ()) -> Analysis:
+    """Load the run in ``dirs`` and judge it: the cross-rank consistency analysis, then
+    ``checks`` (each ``check(run, config) -> findings``), then root causes are linked."""
     run = load_run(dirs)
     try:
         findings = consistency(run, config)
-        for check in extra or ():
+        for check in checks:
             findings.extend(check(run, config))
-        return Analysis(summary(run), sort_findings(findings), list(run.errors))
+        trainable = {p.name for r in run.readers.values() for p in r.params if p.trainable}
+        return Analysis(summary(run), sort_findings(link_causes(findings, trainable)), list(run.errors))
     finally:
         run.close()
 

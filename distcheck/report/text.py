@@ -18,24 +18,40 @@ def render_text(analysis: Analysis) -> str:
         lines.append(f"  note: dataset sinking with sink_size {run['sink_size']}: steps are recorded once per "
                      "sink, so a divergence is located to within that many steps.")
     lines.append("")
-    by_key = {f.key: f for f in analysis.findings}
+    roots, symptoms = _cause_tree(analysis.findings)
+    if not roots:
+        lines.append("No problems found: every replica agreed at every recorded step, and no health rule fired.")
+    for f in roots:
+        lines.extend(_subtree(f, symptoms, indent=""))
+        lines.append("")
+    lines.append(_totals(analysis))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cause_tree(findings: list[Finding]) -> tuple[list[Finding], dict[str, list[Finding]]]:
+    """Root findings, most severe tree first, and each finding's direct symptoms."""
+    by_key = {f.key: f for f in findings}
     symptoms: dict[str, list[Finding]] = {}
     roots = []
-    for f in analysis.findings:
+    for f in findings:
         if f.caused_by and f.caused_by in by_key:
             symptoms.setdefault(f.caused_by, []).append(f)
         else:
             roots.append(f)
-    if not roots:
-        lines.append("No problems found: every replica agreed at every recorded step.")
-    for f in roots:
-        lines.extend(_finding(f, indent=""))
-        for s in symptoms.get(f.key, []):
-            lines.append("    which explains:")
-            lines.extend(_finding(s, indent="    "))
-        lines.append("")
-    lines.append(_totals(analysis))
-    return "\n".join(lines).rstrip() + "\n"
+
+    def worst(f: Finding) -> int:
+        return max([f.severity.rank, *(worst(s) for s in symptoms.get(f.key, []))])
+
+    roots.sort(key=lambda f: (-worst(f), f.step if f.step is not None else -1))
+    return roots, symptoms
+
+
+def _subtree(f: Finding, symptoms: dict[str, list[Finding]], indent: str) -> list[str]:
+    lines = _finding(f, indent)
+    for s in symptoms.get(f.key, []):
+        lines.append(f"{indent}    which explains:")
+        lines.extend(_subtree(s, symptoms, indent + "    "))
+    return lines
 
 
 def _headline(run: dict) -> str:

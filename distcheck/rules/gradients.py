@@ -8,9 +8,10 @@ from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import finding, rule
 
 
-def _weights(rank: RankData) -> np.ndarray:
-    """Columns of trainable parameters with a recorded gradient."""
-    return np.array([i for i, p in enumerate(rank.params) if p.trainable and p.has_grad], int)
+def _with_grads(rank: RankData, matrices_only: bool = False) -> np.ndarray:
+    """Columns of trainable parameters with a recorded gradient (optionally only 2-D or more)."""
+    return np.array([i for i, p in enumerate(rank.params)
+                     if p.trainable and p.has_grad and (len(p.shape) >= 2 or not matrices_only)], int)
 
 
 @rule("grad_vanishing", Severity.WARNING, "grad", "per parameter: the gradient is vanishingly small")
@@ -20,8 +21,9 @@ def grad_vanishing(rank: RankData, settings: dict):
     layers of a deep stack of saturating activations (sigmoid, tanh).
 
     Measure: the root-mean-square of the gradient, ``L2 / sqrt(size)`` (from the stored L2
-    norm), its median over the recorded steps. RMS >= mean |g|, so this flags a subset of
-    what a mean-|g| rule flags, never more.
+    norm), its median over the recorded steps, for weight matrices (2 or more dimensions).
+    RMS >= mean |g|, so this flags a subset of what a mean-|g| rule flags, never more.
+    Biases are left out: a bias followed by BatchNorm rightly gets a gradient near 0.
 
     Likely causes: model structure (deep stacks of sigmoid/tanh, no normalisation, no
     residual connections); weight initialisation too small; saturated activations;
@@ -36,7 +38,7 @@ def grad_vanishing(rank: RankData, settings: dict):
     Fix: use ReLU-like activations, normalisation layers or residual connections; a He or
     Xavier initialisation; check the loss scale.
     """
-    cols = _weights(rank)
+    cols = _with_grads(rank, matrices_only=True)
     mask = rank.grad_mask & (rank.steps > 0)
     if not len(cols) or mask.sum() == 0:
         return []
@@ -78,7 +80,7 @@ def grad_exploding(rank: RankData, settings: dict):
     mask = rank.grad_mask & (rank.steps > 0)
     if mask.sum() == 0:
         return []
-    cols = _weights(rank)
+    cols = _with_grads(rank)
     l2 = rank.column("grad", "l2")[mask][:, cols].astype(np.float64)
     bad_values = (rank.column("grad", "nan")[mask][:, cols] + rank.column("grad", "inf")[mask][:, cols]) > 0
     steps = rank.steps[mask]

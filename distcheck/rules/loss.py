@@ -54,9 +54,10 @@ def loss_diverging(rank: RankData, settings: dict):
         return []
     run_min = np.minimum.accumulate(np.where(finite, np.abs(loss), np.inf))
     base = np.maximum(run_min, 1e-12)
-    grown = (np.abs(loss) > settings["growth"] * base) & (np.abs(loss) - run_min > settings["min_delta"])
     prev = np.concatenate([[np.nan], np.abs(loss[:-1])])
-    jumped = (np.abs(loss) > settings["jump"] * prev) & (np.abs(loss) - prev > settings["min_delta"])
+    with np.errstate(invalid="ignore", over="ignore"):
+        grown = (np.abs(loss) > settings["growth"] * base) & (np.abs(loss) - run_min > settings["min_delta"])
+        jumped = (np.abs(loss) > settings["jump"] * prev) & (np.abs(loss) - prev > settings["min_delta"])
     bad = finite & (grown | jumped)
     bad[:warm] = False
     if not bad.any():

@@ -33,46 +33,28 @@ def weights_not_updated(rank: RankData, settings: dict):
     if not still:
         return []
     names = [rank.name(i) for i in still]
-    every = "every trainable parameter" if len(still) == sum(p.trainable for p in rank.params) else \
+    which = "Every trainable parameter" if len(still) == sum(p.trainable for p in rank.params) else \
         f"{len(names)} trainable parameter(s)"
+    lr = ((rank.static or {}).get("optimizer") or {}).get("learning_rate")
+    why = "The optimizer's learning rate is 0." if lr == 0 else \
+        "Is the learning rate 0, or are they missing from the optimizer?"
     return [finding("weights_not_updated", int(rank.steps[-1]), [rank.rank], names,
-                    f"{every} never changed over {updates} recorded update(s): {name_list(names, 10)}. "
-                    "Is the learning rate 0, or are they missing from the optimizer?")]
+                    f"{which} never changed over {updates} recorded update(s): {name_list(names, 10)}. {why}")]
 
 
-def _update_ratios(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
-    """Median |dw|/|w| per weight over recorded steps, and the weight columns."""
+def update_ratios(rank: RankData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, ratios (steps, W), weight columns): ``|w_s - w_prev| / |w_prev|`` at each
+    recorded step after the first, for weight matrices (2 or more dimensions). NaN where
+    the previous norm is 0 (an all-zero start is init_all_zero's finding) or unknown."""
     cols = np.array([i for i, p in enumerate(rank.params) if p.trainable and len(p.shape) >= 2], int)
-    if not len(cols):
-        return np.zeros(0), cols
-    delta = rank.column("param", "delta_l2")[:, cols].astype(np.float64)
-    norm = rank.column("param", "l2")[:, cols].astype(np.float64)
+    if not len(cols) or len(rank.steps) < 2:
+        return np.zeros(0, np.int64), np.zeros((0, len(cols))), cols
+    delta = rank.column("param", "delta_l2")[1:, cols].astype(np.float64)
+    before = rank.column("param", "l2")[:-1, cols].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(norm > 0, delta / norm, np.nan)
+        ratio = np.where(before > 0, delta / before, np.nan)
     ratio[~np.isfinite(ratio)] = np.nan
-    if not np.isfinite(ratio).any():
-        return np.full(len(cols), np.nan), cols
-    return np.nanmedian(ratio, axis=0), cols
-
-
-def _ratio_rule(rank: RankData, settings: dict, code: str, too_small: bool):
-    ratio, cols = _update_ratios(rank)
-    if not len(cols):
-        return []
-    if too_small:
-        # Exactly 0 is weights_not_updated's finding, stated more precisely there.
-        hit = (ratio < settings["threshold"]) & (ratio > 0)
-    else:
-        hit = ratio > settings["threshold"]
-    if not hit.any():
-        return []
-    names = [rank.name(c) for c in cols[hit]]
-    values = ", ".join(f"{rank.name(c)} {r:.2g}" for c, r in zip(cols[hit], ratio[hit]))
-    advice = ("The learning rate may be too small, or these layers receive vanishing gradients."
-              if too_small else "The learning rate is probably too large for these layers.")
-    return [finding(code, None, [rank.rank], names,
-                    f"Median update ratio |dw|/|w| per recorded step {'below' if too_small else 'above'} "
-                    f"{settings['threshold']:g}: {values}. {advice}")]
+    return rank.steps[1:], ratio, cols
 
 
 @rule("update_ratio_small", Severity.WARNING, "param", "|dw|/|w| per step is tiny: weights change too little")
@@ -80,7 +62,7 @@ def update_ratio_small(rank: RankData, settings: dict):
     """
     Phenomenon: weights change too little per step to learn in reasonable time. Measured per
     weight matrix (parameters of 2 or more dimensions) as the median over recorded steps of
-    ``|w_s - w_prev| / |w_s|`` (L2 norms; with --every K, per K steps).
+    ``|w_s - w_prev| / |w_prev|`` (L2 norms; with --every K, per K steps).
 
     Likely causes: hyperparameters (learning rate too small, weight decay dominating);
     vanishing gradients; a learning-rate schedule that decayed too early.
@@ -91,21 +73,46 @@ def update_ratio_small(rank: RankData, settings: dict):
 
     Fix: raise the learning rate, check the schedule, check grad_vanishing.
     """
-    return _ratio_rule(rank, settings, "update_ratio_small", too_small=True)
+    _, ratio, cols = update_ratios(rank)
+    known = ~np.isnan(ratio).all(axis=0) if len(ratio) else np.zeros(len(cols), bool)
+    if not known.any():
+        return []
+    median = np.full(len(cols), np.nan)
+    median[known] = np.nanmedian(ratio[:, known], axis=0)
+    # Exactly 0 is weights_not_updated's finding, stated more precisely there.
+    hit = known & (np.nan_to_num(median, nan=1.0) < settings["threshold"]) & (np.nan_to_num(median) > 0)
+    if not hit.any():
+        return []
+    names = [rank.name(c) for c in cols[hit]]
+    values = ", ".join(f"{rank.name(c)} {r:.2g}" for c, r in zip(cols[hit], median[hit]))
+    return [finding("update_ratio_small", None, [rank.rank], names,
+                    f"Median update ratio |dw|/|w| per recorded step below {settings['threshold']:g}: {values}. "
+                    "The learning rate may be too small, or these layers receive vanishing gradients.")]
 
 
-@rule("update_ratio_large", Severity.WARNING, "param", "|dw|/|w| per step is large: weights change too much")
+@rule("update_ratio_large", Severity.WARNING, "param", "|dw|/|w| of one update is large: weights jump")
 def update_ratio_large(rank: RankData, settings: dict):
     """
-    Phenomenon: weights change by a large fraction of their size at every step, so training
-    jumps around instead of converging. Same measure as update_ratio_small.
+    Phenomenon: an update changes weights by a large fraction of their size, so training
+    jumps around instead of converging. Same ratio as update_ratio_small, reported at the
+    first step where any weight matrix exceeds the threshold.
 
     Likely causes: hyperparameters (learning rate too large, no warm-up); exploding
-    gradients; weights initialised near zero (a small |w| inflates the ratio).
+    gradients; inputs not normalised.
 
     Default: threshold 0.5. MindInsight warns above 1 and smdebug above 10; a weight that
-    moves by half its norm every step is already far outside healthy training (1e-4 to 1e-2).
+    moves by half its norm in one step is already far outside healthy training (1e-4 to
+    1e-2 per step; at most 0.05 in the first, momentum-free steps of our examples).
 
     Fix: lower the learning rate, add warm-up or gradient clipping.
     """
-    return _ratio_rule(rank, settings, "update_ratio_large", too_small=False)
+    steps, ratio, cols = update_ratios(rank)
+    hit = np.nan_to_num(ratio, nan=0.0) > settings["threshold"]
+    if not hit.any():
+        return []
+    i = int(np.flatnonzero(hit.any(axis=1))[0])
+    names = [rank.name(c) for c in cols[hit[i]]]
+    values = ", ".join(f"{rank.name(c)} {r:.2g}" for c, r in zip(cols[hit[i]], ratio[i][hit[i]]))
+    return [finding("update_ratio_large", int(steps[i]), [rank.rank], names,
+                    f"The update of step {int(steps[i])} changed weights by more than {settings['threshold']:g} of "
+                    f"their norm (|dw|/|w|): {values}. The learning rate is probably too large.")]

@@ -1,0 +1,57 @@
+"""Training-health rules, and the documentation of every finding code.
+
+Importing this package registers every rule in :data:`RULES`. :func:`health_checks`
+runs the per-rank rules on each rank of a run and merges what ranks share.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from distcheck.analysis.run import Run
+from distcheck.findings import Finding
+from distcheck.rules import activations, consistency, data, gradients, init, loss, static, weights  # noqa: F401
+from distcheck.rules.rankdata import RankData
+from distcheck.rules.registry import RULES, Rule
+
+__all__ = ["RULES", "Rule", "health_checks", "static_findings"]
+
+_STATIC = ("frozen_by_accident", "bn_in_eval_mode", "dropout_keep_prob")
+
+
+def health_checks(run: Run, config: dict[str, Any]) -> list[Finding]:
+    """Every enabled per-rank rule on every readable rank; equal findings merged across ranks."""
+    settings = config.get("rules", {})
+    disabled = set(settings.get("disable") or ())
+    merged: dict[tuple, Finding] = {}
+    for rank, reader in sorted(run.readers.items()):
+        data = RankData(reader)
+        for code, r in RULES.items():
+            if r.cross_rank or code in disabled:
+                continue
+            for f in r.check(data, settings.get(code) or {}):
+                key = (f.code, f.step, f.params)
+                if key in merged:
+                    old = merged[key]
+                    merged[key] = Finding(old.code, old.severity, old.stage, old.step,
+                                          tuple(sorted(set(old.ranks) | set(f.ranks))), old.params,
+                                          old.message, old.caused_by, old.detail)
+                else:
+                    merged[key] = f
+    return list(merged.values())
+
+
+class _Static:
+    def __init__(self, static: dict, rank: int) -> None:
+        self.static, self.rank = static, rank
+
+
+def static_findings(static: dict, rank: int, config: dict[str, Any]) -> list[Finding]:
+    """The static rules on a training set-up description (``meta.static``), e.g. in the job."""
+    settings = config.get("rules", {})
+    disabled = set(settings.get("disable") or ())
+    view = _Static(static, rank)
+    out: list[Finding] = []
+    for code in _STATIC:
+        if code not in disabled:
+            out.extend(RULES[code].check(view, settings.get(code) or {}))
+    return out

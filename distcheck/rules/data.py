@@ -1,0 +1,123 @@
+"""Rules on the input batches: scale, class balance, order."""
+from __future__ import annotations
+
+import numpy as np
+
+from distcheck.findings import Severity
+from distcheck.rules.rankdata import RankData
+from distcheck.rules.registry import finding, rule
+from distcheck.store import schema
+
+_IN = {name: i for i, name in enumerate(schema.INPUT_COLUMNS)}
+_LB = {name: i for i, name in enumerate(schema.LABEL_COLUMNS)}
+
+
+def _batches(rank: RankData, table: np.ndarray) -> np.ndarray:
+    recorded = ((rank.has & schema.HAS_BATCH) != 0) & np.all(np.isfinite(table[:, :3]), axis=1)
+    return table[recorded].astype(np.float64)
+
+
+@rule("input_not_normalized", Severity.WARNING, "data", "input batches far from zero mean and unit scale")
+def input_not_normalized(rank: RankData, settings: dict):
+    """
+    Phenomenon: the inputs (the first floating-point tensor of each batch) are far from zero
+    mean and unit scale, e.g. raw pixels in [0, 255] or features in different units.
+
+    Measure: the median over recorded batches of the batch's mean and standard deviation.
+
+    Likely causes: data processing (normalisation missing, applied twice, or with the wrong
+    constants; a scaling step left out of the training pipeline).
+
+    Defaults: flagged when |mean| > ``max_abs_mean`` 3, or std > ``max_std`` 10, or
+    std < ``min_std`` 0.01. The article asks for data "between -1 and 1, with mean 0"; these
+    bounds leave room for standardised data with outliers and flag order-of-magnitude
+    mistakes.
+
+    Fix: standardise the inputs ((x - mean) / std over the training set), with the same
+    constants at inference.
+    """
+    rows = _batches(rank, rank.input_stats)
+    if not len(rows):
+        return []
+    mean, std = float(np.median(rows[:, _IN["mean"]])), float(np.median(rows[:, _IN["std"]]))
+    problems = []
+    if abs(mean) > settings["max_abs_mean"]:
+        problems.append(f"mean {mean:.3g}")
+    if std > settings["max_std"]:
+        problems.append(f"standard deviation {std:.3g}")
+    if std < settings["min_std"]:
+        problems.append(f"standard deviation only {std:.3g}")
+    if not problems:
+        return []
+    lo, hi = float(np.min(rows[:, _IN["min"]])), float(np.max(rows[:, _IN["max"]]))
+    return [finding("input_not_normalized", None, [rank.rank], [],
+                    f"Inputs are not normalised: typical batch {' and '.join(problems)}, values from {lo:.3g} to "
+                    f"{hi:.3g}. Standardise them to zero mean and unit variance.")]
+
+
+@rule("class_imbalance", Severity.WARNING, "data", "labels heavily skewed between classes")
+def class_imbalance(rank: RankData, settings: dict):
+    """
+    Phenomenon: some classes are seen far more often than others, so the model learns to
+    predict the common ones. Counted over every recorded batch's labels (the last integer
+    tensor of the batch, class ids 0..1023).
+
+    Likely causes: data set (unbalanced classes, a filtering step that dropped a class);
+    data processing (sharding or sampling that skews the classes).
+
+    Defaults: flagged when the most common class is seen more than ``ratio`` 10 times as
+    often as the rarest class between 0 and the largest label (smdebug ClassImbalance:
+    threshold_imbalance 10), once at least ``min_samples`` 200 labels were seen.
+
+    Fix: rebalance: oversample rare classes, weight the loss by class, or collect more data.
+    """
+    counts = rank.label_counts[: schema.MAX_CLASSES]
+    total = int(counts.sum())
+    if total < settings["min_samples"] or not counts.any():
+        return []
+    top = int(np.flatnonzero(counts)[-1])
+    present = counts[: top + 1]
+    if len(present) < 2:
+        return []
+    rare, common = int(np.argmin(present)), int(np.argmax(present))
+    ratio = present[common] / max(present[rare], 1)
+    if ratio <= settings["ratio"]:
+        return []
+    return [finding("class_imbalance", None, [rank.rank], [],
+                    f"Labels are imbalanced: class {common} was seen {int(present[common])} times, class {rare} "
+                    f"{int(present[rare])} times ({ratio:.0f}x) over {total} labels. Rebalance the data or "
+                    "weight the loss.")]
+
+
+@rule("data_not_shuffled", Severity.WARNING, "data", "consecutive batches look ordered by label")
+def data_not_shuffled(rank: RankData, settings: dict):
+    """
+    Phenomenon: batches come ordered by label: each batch holds (almost) one class and the
+    classes follow one another, so every update pulls the model towards one class.
+
+    Measure: a batch's purity is the share of its most common label. A shuffled batch of a
+    k-class problem has purity near 1/k.
+
+    Likely causes: data processing (the data set is stored sorted by class and
+    ``shuffle=False``, or shuffling happens before a sort or with a buffer far smaller than
+    the data set).
+
+    Defaults: flagged when at least ``min_share`` 0.5 of the recorded batches have purity
+    >= ``purity`` 0.9, over a run that saw at least 2 classes.
+
+    Fix: shuffle the data set (``shuffle=True``, or ``dataset.shuffle(buffer_size)`` with a
+    buffer as large as the data set).
+    """
+    rows = _batches(rank, rank.label_stats)
+    if len(rows) < 4:
+        return []
+    classes = np.count_nonzero(rank.label_counts[: schema.MAX_CLASSES])
+    if classes < 2:
+        return []
+    pure = rows[:, _LB["purity"]] >= settings["purity"]
+    share = float(np.mean(pure))
+    if share < settings["min_share"]:
+        return []
+    return [finding("data_not_shuffled", None, [rank.rank], [],
+                    f"{share:.0%} of the recorded batches hold (almost) a single label out of {classes} classes: "
+                    "the data is ordered by label. Shuffle the data set.")]

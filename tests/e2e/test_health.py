@@ -1,0 +1,73 @@
+"""Real single-device MindSpore trainings (Model.train, GRAPH_MODE, CPU) with one planted
+accuracy problem each, attached with `distcheck launch -n 1 --launcher none --activations`."""
+import pytest
+
+from e2e.jobs import launch, only
+
+pytestmark = pytest.mark.slow
+
+WEIGHTS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "head.weight", "head.bias"]
+
+
+def _health(tmp_path, problem):
+    return launch(str(tmp_path), "train_health.py", "--problem", problem, n=1, launcher="none",
+                  options=("--activations",))
+
+
+def test_healthy_run_raises_no_warning(tmp_path):
+    result = _health(tmp_path, "none")
+    assert result.code == 0 and result.report["findings"] == []
+
+
+def test_learning_rate_far_too_large(tmp_path):
+    result = _health(tmp_path, "lr_huge")
+    root = only(result, "update_ratio_large")
+    assert root["step"] == 1 and "fc1.weight" in root["params"] and root["caused_by"] is None
+    loss = only(result, "loss_nonfinite")
+    assert (loss["step"], loss["ranks"], loss["caused_by"]) == (2, [0], "update_ratio_large@1")
+
+
+def test_learning_rate_zero(tmp_path):
+    result = _health(tmp_path, "lr_zero")
+    f = only(result, "weights_not_updated")
+    assert f["params"] == WEIGHTS and "learning rate is 0" in f["message"]
+    assert only(result, "loss_not_decreasing")["caused_by"] == f"weights_not_updated@{f['step']}"
+
+
+def test_one_layer_initialised_to_zeros(tmp_path):
+    result = _health(tmp_path, "zero_init")
+    f = only(result, "init_all_zero")
+    assert (f["step"], f["params"]) == (0, ["fc2.weight"])
+
+
+def test_deep_sigmoid_stack_vanishes_in_its_first_layers(tmp_path):
+    result = _health(tmp_path, "deep_sigmoid")
+    f = only(result, "grad_vanishing")
+    assert f["params"][:3] == ["body.0.weight", "body.2.weight", "body.4.weight"]
+    assert "head.weight" not in f["params"]
+
+
+def test_parameter_left_out_of_the_optimizer(tmp_path):
+    result = _health(tmp_path, "frozen")
+    f = only(result, "frozen_by_accident")
+    assert (f["step"], f["params"]) == (0, ["fc1.weight"])
+    stuck = only(result, "weights_not_updated")
+    assert stuck["params"] == ["fc1.weight"] and stuck["caused_by"] == "frozen_by_accident@0"
+
+
+def test_dropout_keep_prob_looks_inverted(tmp_path):
+    result = _health(tmp_path, "dropout")
+    f = only(result, "dropout_keep_prob")
+    assert (f["step"], f["params"]) == (0, ["drop"]) and "keeps 10%" in f["message"]
+
+
+def test_inputs_scaled_by_1000(tmp_path):
+    result = _health(tmp_path, "scaled_inputs")
+    f = only(result, "input_not_normalized")
+    assert f["caused_by"] is None and "standard deviation" in f["message"]
+
+
+def test_dataset_sorted_by_label(tmp_path):
+    result = _health(tmp_path, "sorted_labels")
+    f = only(result, "data_not_shuffled")
+    assert "100%" in f["message"] and f["caused_by"] is None
