@@ -96,6 +96,8 @@ def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
                            activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1")
     env.update(options.to_env())
     env[ENV_RUN_DIR] = run_dir
+    if args.config:
+        env["DISTCHECK_CONFIG"] = os.path.abspath(args.config)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (INJECT_DIR, env.get("PYTHONPATH", "")) if p)
     # Workers must run this Python (the one that has distcheck), whatever PATH says.
     env["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), env.get("PATH", "")))

@@ -112,7 +112,10 @@ class Probe:
             self._params = network_parameters(self.network)
             self._grad_slots = self._match_grads()
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
-            meta = {**framework_meta(self.world.size), "static": self._static(), **self.meta}
+            static = self._static()
+            meta = {**framework_meta(self.world.size), "static": static, **self.meta}
+            if static is not None and self.world.rank == 0:
+                report_static(static)
             taps = [(tap.name, tap.kind) for tap in self.taps]
             self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options, activations=taps)
         if self._recorder is None and self.world is not None:
@@ -229,6 +232,20 @@ class _Guard:
             return False
         self.probe._disable(f"{self.what}: {type(exc).__name__}: {exc}")
         return True
+
+
+def report_static(static: dict[str, Any]) -> None:
+    """Log the static rules' findings at the start of training, before compute is spent."""
+    try:
+        from distcheck.config import load_config
+        from distcheck.rules import static_findings
+
+        findings = static_findings(static, 0, load_config(os.environ.get("DISTCHECK_CONFIG") or None))
+    except Exception as exc:  # the same rules run again after the job
+        log(f"static checks skipped: {type(exc).__name__}: {exc}")
+        return
+    for f in findings:
+        log(f"{f.severity.value} {f.code}: {f.message}")
 
 
 # -- what to record ------------------------------------------------------------------
