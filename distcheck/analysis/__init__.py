@@ -11,6 +11,7 @@ from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
 from distcheck.analysis.structure import common_structure, replica_groups
 from distcheck.findings import Finding, sort_findings
+from distcheck.store.reader import DumpError
 
 
 Check = Callable[[Run, dict], list[Finding]]
@@ -28,9 +29,14 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
     ``checks`` (each ``check(run, config) -> findings``), then root causes are linked."""
     run = load_run(dirs)
     try:
-        findings = consistency(run, config)
-        for check in checks:
-            findings.extend(check(run, config))
+        while True:
+            try:
+                findings = consistency(run, config)
+                for check in checks:
+                    findings.extend(check(run, config))
+                break
+            except DumpError as exc:  # damage found while reading: judge again without that rank
+                run.drop(exc)
         trainable = {p.name for r in run.readers.values() for p in r.params if p.trainable}
         return Analysis(summary(run), sort_findings(link_causes(findings, trainable)), list(run.errors))
     finally:

@@ -49,6 +49,15 @@ class Run:
             return default
         return max(values, key=lambda v: sum(1 for w in values if w == v))
 
+    def drop(self, error: DumpError) -> None:
+        """Leave out the rank whose file raised ``error``, and say so as an input error."""
+        rank = next((r for r, reader in self.readers.items() if reader.path == error.path), None)
+        if rank is None:
+            raise error  # not one of ours: a bug, not damage
+        self.readers.pop(rank).close()
+        self.errors.append(InputError(error.path, str(error), rank))
+        self.unreadable_ranks[rank] = error.problem
+
     def close(self) -> None:
         for reader in self.readers.values():
             reader.close()

@@ -7,8 +7,13 @@ digests and statistics are read by step range.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import glob
 import json
 import os
+import signal
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,8 +39,10 @@ class Heartbeat:
 
 
 class DumpReader:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, check_hangs: bool = True) -> None:
         self.path = path
+        if check_hangs:
+            _open_in_child(path)
         self._file = _open(path)
         try:
             self._validate()
@@ -64,6 +71,8 @@ class DumpReader:
         self.rank = int(f.attrs["rank"])
         self.world_size = int(f.attrs["world_size"])
         self.meta = json.loads(_text(f.attrs.get("meta", "{}")))
+        if not isinstance(self.meta, dict):
+            raise DumpError(self.path, "the 'meta' attribute is not a JSON object")
         names = [_text(x) for x in f["params/name"][()]]
         shapes = [tuple(json.loads(_text(x))) for x in f["params/shape"][()]]
         dtypes = [_text(x) for x in f["params/dtype"][()]]
@@ -81,6 +90,9 @@ class DumpReader:
             if tuple(ds.shape[1:]) != tuple(tail):
                 raise DumpError(self.path, f"dataset {path} has rows of shape {ds.shape[1:]}, expected {tail}")
             lengths.append(ds.shape[0])
+        for path in (schema.LABEL_COUNTS, schema.HEARTBEAT, schema.STATUS, schema.STATUS_MESSAGE):
+            if path not in f:
+                raise DumpError(self.path, f"dataset {path} is missing")
         # A write cut short by a crash can leave datasets of unequal length: trust the shortest.
         self.n_steps = min(lengths)
         self.steps = f[schema.STEP][: self.n_steps].astype(np.int64)
@@ -104,7 +116,7 @@ class DumpReader:
         return _text(value) if isinstance(value, bytes) else value
 
     def series(self, path: str) -> np.ndarray:
-        return self._file[path][: self.n_steps]
+        return self._read(path, slice(0, self.n_steps))
 
     def loss(self) -> np.ndarray:
         return self.series(schema.LOSS)
@@ -122,15 +134,15 @@ class DumpReader:
         return self.series(schema.ROLLUP)[:, schema.KINDS.index(kind)]
 
     def heartbeats(self) -> list[Heartbeat]:
-        rows = self._file[schema.HEARTBEAT][()]
+        rows = self._read(schema.HEARTBEAT, ())
         return [Heartbeat(float(t), int(s)) for t, s in rows]
 
     def last_alive(self) -> Optional[float]:
         """The latest sign of life: a heartbeat or a recorded step."""
-        beats = self._file[schema.HEARTBEAT]
-        last = float(beats[beats.shape[0] - 1, 0]) if beats.shape[0] else None
+        beats = self._read(schema.HEARTBEAT, ())
+        last = float(np.nanmax(beats[:, 0])) if len(beats) else None
         if self.n_steps:
-            t = float(self._file[schema.TIME][self.n_steps - 1])
+            t = float(self._read(schema.TIME, self.n_steps - 1))
             last = t if last is None else max(last, t)
         return last
 
@@ -138,12 +150,12 @@ class DumpReader:
     def digests(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """(steps, P, 2) uint64 digests for step indices [start, stop)."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
-        return self._file[schema.digests_path(kind)][start:stop]
+        return self._read(schema.digests_path(kind), slice(start, stop))
 
     def stats(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """(steps, P, 7) float32 statistics; columns as :data:`schema.STAT_COLUMNS`."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
-        return self._file[schema.stats_path(kind)][start:stop]
+        return self._read(schema.stats_path(kind), slice(start, stop))
 
     def input_stats(self) -> np.ndarray:
         """(N, 7): the batch's inputs, columns as :data:`schema.INPUT_COLUMNS`."""
@@ -155,7 +167,7 @@ class DumpReader:
 
     def label_counts(self) -> np.ndarray:
         """Labels seen per class over the run (last entry: negative or too large)."""
-        return self._file[schema.LABEL_COUNTS][()]
+        return self._read(schema.LABEL_COUNTS, ())
 
     def act_stats(self) -> np.ndarray:
         """(N, A, 4): activation taps, columns as :data:`schema.ACT_COLUMNS`."""
@@ -173,6 +185,14 @@ class DumpReader:
         if not group[f"{kind}_written"][j]:
             return None
         return group[f"{kind}/{index}"][j]
+
+    def _read(self, path: str, selection):
+        """Read from a dataset; damage found only now becomes a :class:`DumpError`."""
+        try:
+            return self._file[path][selection]
+        except Exception as exc:
+            raise DumpError(self.path, f"damaged data in {path}: {exc}",
+                            "this rank was left out of the analysis; re-run the job") from None
 
     def close(self) -> None:
         self._file.close()
@@ -200,13 +220,79 @@ def _open(path: str) -> h5py.File:
         return h5py.File(path, "r")
     except Exception as exc:  # h5py raises OSError, RuntimeError, ... for damaged files
         first = str(exc)
-    if "truncated" not in first:
+    if "already open" in first or "lock" in first:
         try:
-            return h5py.File(path, "r", libver="latest", swmr=True)
-        except Exception:
-            pass
+            return _open_swmr(path)
+        except Exception as exc:
+            first = f"{first}; as a live or crashed writer's file: {exc}"
     what = "truncated file" if "truncated" in first else "not a readable HDF5 file"
     raise DumpError(path, what, f"the file was cut short or damaged, or is not a distcheck dump: {first}")
+
+
+#: Seconds a file may take to open and validate before it is declared unreadable.
+OPEN_TIMEOUT = 15.0
+
+
+def _open_in_child(path: str) -> None:
+    """Open and validate ``path`` in a forked child first.
+
+    Some damage sends HDF5 itself into an endless loop (seen: a zeroed block under an
+    attribute heap), which no exception or signal in this process can stop. A child that
+    does not finish in time is killed and the file is reported; otherwise the parent opens
+    the file knowing it gets through validation. Where fork is missing, this is skipped.
+    """
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # child: validate, say nothing, exit at once
+        code = 0
+        try:
+            DumpReader(path, check_hangs=False).close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    deadline = time.monotonic() + OPEN_TIMEOUT
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return  # the parent repeats the open and reports any error itself
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise DumpError(path, f"opening the file did not finish in {OPEN_TIMEOUT:g} s",
+                    "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
+
+
+#: Metadata read attempts of an SWMR reader. HDF5's default (100, with back-off) makes a
+#: damaged file look like a hang; a live writer's torn reads need only a few.
+SWMR_READ_ATTEMPTS = 10
+
+
+def _open_swmr(path: str) -> h5py.File:
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    lib = _hdf5_library()
+    if lib is not None:
+        lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(SWMR_READ_ATTEMPTS))
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
+
+
+@functools.lru_cache(maxsize=1)
+def _hdf5_library() -> Optional[ctypes.CDLL]:
+    """The HDF5 library h5py runs on, for the one setting h5py does not expose."""
+    here = os.path.dirname(h5py.__file__)
+    candidates = glob.glob(os.path.join(here, "..", "h5py.libs", "libhdf5-*.so*")) + \
+        glob.glob(os.path.join(here, ".dylibs", "libhdf5.*.dylib"))
+    candidates = [c for c in candidates if "_hl" not in os.path.basename(c)]
+    for candidate in candidates:
+        try:
+            lib = ctypes.CDLL(candidate)
+            lib.H5Pset_metadata_read_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def _text(value) -> str:
