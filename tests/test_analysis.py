@@ -91,3 +91,28 @@ def test_several_directories_merge_into_one_run(tmp_path):
     result = analyze([str(tmp_path / "node0"), str(tmp_path / "node1")], load_config())
     assert result.run["ranks_found"] == [0, 1, 2, 3]
     assert [(f.code, f.step, f.ranks) for f in result.findings] == [("param_divergence", 5, (3,))]
+
+
+def test_ranks_with_other_parameters_are_a_structure_mismatch(tmp_path):
+    import threading
+
+    import numpy as np
+
+    from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+    from distcheck.world import FakeWorld
+
+    worlds = FakeWorld.create(3)
+
+    def rank_main(world):
+        shape = (4, 3) if world.rank != 1 else (3, 4)
+        params = [ParamInfo("w", shape, "float32", True, True), ParamInfo("b", (3,), "float32", True, True)]
+        rec = Recorder.open(str(tmp_path), world, params, {"parallel_mode": "data_parallel"}, ProbeOptions())
+        for step in range(4):
+            rec.record(step, [np.full(shape, step, np.float32), np.zeros(3, np.float32)])
+        rec.close()
+
+    threads = [threading.Thread(target=rank_main, args=(w,)) for w in worlds]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    (f,) = _findings(tmp_path)
+    assert (f.code, f.ranks, f.params) == ("structure_mismatch", (1,), ("w",))
