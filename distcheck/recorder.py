@@ -46,6 +46,17 @@ def run_dir_from_env() -> Optional[str]:
     return os.environ.get(ENV_RUN_DIR) or None
 
 
+def _env(name: str, default, parse):
+    value = os.environ.get(name, "")
+    if not value.strip():
+        return default
+    try:
+        return parse(value)
+    except ValueError:
+        log(f"ignoring {name}={value!r}: not a valid value; using {default!r}")
+        return default
+
+
 @dataclass(frozen=True)
 class ProbeOptions:
     """What to record. ``every``: record steps divisible by it (step 0 always).
@@ -61,14 +72,15 @@ class ProbeOptions:
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
+        """Options from ``DISTCHECK_*`` variables; a malformed value is logged and ignored."""
         env = os.environ
-        steps = tuple(int(s) for s in env.get("DISTCHECK_FULL_STEPS", "").split(",") if s.strip())
+        steps = _env("DISTCHECK_FULL_STEPS", (), lambda v: tuple(int(s) for s in v.split(",") if s.strip()))
         return cls(
-            every=max(1, int(env.get("DISTCHECK_EVERY", "1"))),
+            every=max(1, _env("DISTCHECK_EVERY", 1, int)),
             full_steps=steps,
             fail_fast=env.get("DISTCHECK_FAIL_FAST", "0") == "1",
-            online_every=max(0, int(env.get("DISTCHECK_ONLINE_EVERY", "0"))),
-            flush_seconds=max(0.0, float(env.get("DISTCHECK_FLUSH_SECONDS", "2"))),
+            online_every=max(0, _env("DISTCHECK_ONLINE_EVERY", 0, int)),
+            flush_seconds=max(0.0, _env("DISTCHECK_FLUSH_SECONDS", 2.0, float)),
             activations=env.get("DISTCHECK_ACTIVATIONS", "0") == "1",
         )
 

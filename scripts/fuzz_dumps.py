@@ -108,7 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=float, default=20.0, help="seconds allowed per case")
+    ap.add_argument("--limit", type=float, default=45.0, help="seconds allowed per case")
     args = ap.parse_args()
 
     def on_alarm(signum, frame):

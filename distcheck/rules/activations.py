@@ -16,11 +16,19 @@ from distcheck.store import schema
 _SATURATED, _ZERO = schema.ACT_COLUMNS.index("saturated"), schema.ACT_COLUMNS.index("zero")
 
 
-def _median(rank: RankData, column: int) -> np.ndarray:
+def _taps_above(rank: RankData, code: str, kinds: tuple[str, ...], column: int, fraction: float,
+                template: str) -> list:
+    """One finding naming the taps of ``kinds`` whose median ``column`` exceeds ``fraction``."""
     recorded = (rank.has & schema.HAS_ACTS) != 0
     if not recorded.any() or not rank.activations:
-        return np.zeros(0)
-    return np.nanmedian(rank.act_stats[recorded][:, :, column].astype(np.float64), axis=0)
+        return []
+    median = np.nanmedian(rank.act_stats[recorded][:, :, column].astype(np.float64), axis=0)
+    hit = [i for i, (_, kind) in enumerate(rank.activations) if kind in kinds and median[i] > fraction]
+    if not hit:
+        return []
+    names = [rank.activations[i][0] for i in hit]
+    values = ", ".join(f"{rank.activations[i][0]} {median[i]:.0%}" for i in hit)
+    return [finding(code, None, [rank.rank], names, template.format(values=values))]
 
 
 @rule("activation_saturated", Severity.WARNING, "activation", "sigmoid/tanh outputs stuck at their limits")
@@ -42,16 +50,9 @@ def activation_saturated(rank: RankData, settings: dict):
     Fix: normalise the inputs, scale the initialisation to the width, add BatchNorm or
     LayerNorm, or use ReLU-like activations.
     """
-    median = _median(rank, _SATURATED)
-    hit = [i for i, (name, kind) in enumerate(rank.activations)
-           if kind in ("sigmoid", "tanh") and median[i] > settings["fraction"]]
-    if not hit:
-        return []
-    names = [rank.activations[i][0] for i in hit]
-    values = ", ".join(f"{rank.activations[i][0]} {median[i]:.0%}" for i in hit)
-    return [finding("activation_saturated", None, [rank.rank], names,
-                    f"Saturated activations (median share of inputs in the flat region): {values}. Normalise "
-                    "inputs, scale the initialisation, or add normalisation layers.")]
+    return _taps_above(rank, "activation_saturated", ("sigmoid", "tanh"), _SATURATED, settings["fraction"],
+                       "Saturated activations (median share of inputs in the flat region): {values}. Normalise "
+                       "inputs, scale the initialisation, or add normalisation layers.")
 
 
 @rule("dead_relu", Severity.WARNING, "activation", "ReLU units whose output is almost always 0")
@@ -73,12 +74,6 @@ def dead_relu(rank: RankData, settings: dict):
     Fix: lower the learning rate, use LeakyReLU/GELU, check bias initialisation and input
     scale.
     """
-    median = _median(rank, _ZERO)
-    hit = [i for i, (name, kind) in enumerate(rank.activations) if kind == "relu" and median[i] > settings["fraction"]]
-    if not hit:
-        return []
-    names = [rank.activations[i][0] for i in hit]
-    values = ", ".join(f"{rank.activations[i][0]} {median[i]:.0%}" for i in hit)
-    return [finding("dead_relu", None, [rank.rank], names,
-                    f"Dead ReLUs (median share of outputs exactly 0): {values}. Lower the learning rate or "
-                    "use LeakyReLU.")]
+    return _taps_above(rank, "dead_relu", ("relu",), _ZERO, settings["fraction"],
+                       "Dead ReLUs (median share of outputs exactly 0): {values}. Lower the learning rate or "
+                       "use LeakyReLU.")

@@ -24,6 +24,10 @@ from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Status
 
 
+#: Larger world sizes are taken for damage.
+MAX_WORLD_SIZE = 1 << 20
+
+
 class DumpError(Exception):
     """A dump file that cannot be used. ``str()`` is a complete, actionable message."""
 
@@ -70,6 +74,8 @@ class DumpReader:
             raise DumpError(self.path, f"bad format version {version}")
         self.rank = int(f.attrs["rank"])
         self.world_size = int(f.attrs["world_size"])
+        if not 0 <= self.rank < self.world_size <= MAX_WORLD_SIZE:
+            raise DumpError(self.path, f"impossible rank {self.rank} of world size {self.world_size}")
         self.meta = json.loads(_text(f.attrs.get("meta", "{}")))
         if not isinstance(self.meta, dict):
             raise DumpError(self.path, "the 'meta' attribute is not a JSON object")
