@@ -45,7 +45,8 @@ def outlier_mask(digests: np.ndarray, present: np.ndarray | None = None) -> tupl
     if present is None:
         present = np.ones(digests.shape[:-1], bool)
     both = present[:, None] & present[None, :]
-    same = np.all(digests[:, None] == digests[None, :], axis=-1) & both
+    lo, hi = digests[..., 0], digests[..., 1]
+    same = (lo[:, None] == lo[None, :]) & (hi[:, None] == hi[None, :]) & both
     support = same.sum(axis=1)  # replicas sharing replica i's value, itself included
     voters = present.sum(axis=0)
     in_majority = (support * 2 > voters) & present
