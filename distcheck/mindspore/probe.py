@@ -169,7 +169,7 @@ class Probe:
         grads = None
         if grads_valid and self.capture is not None:
             shadows = self.capture.shadows
-            grads = [None if slot is None else to_numpy(shadows[slot]) for slot in self._grad_slots]
+            grads = [None if slot is None else to_numpy(shadows[slot], copy=False) for slot in self._grad_slots]
         # The taps hold the forward pass of the step just taken (also one whose update
         # a loss-scale overflow skipped); before the first step they hold zeros.
         activations = [tap.stats() for tap in self.taps] if self.taps and forward_ran else None
@@ -299,14 +299,17 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(ms.dtype_to_nptype(dtype)).name
 
 
-def to_numpy(value: Any) -> np.ndarray:
-    """Host copy of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits.
+def to_numpy(value: Any, copy: bool = True) -> np.ndarray:
+    """Host array of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits.
 
-    A copy indeed: on CPU `asnumpy()` of a Parameter is a view of its memory, which
-    the next update overwrites in place (the recorder keeps the previous step's
-    arrays to measure each update).
+    A copy by default: on CPU `asnumpy()` of a Parameter is a view of its memory, which
+    the next update overwrites in place, and the recorder keeps the previous step's
+    parameters to measure each update. `copy=False` serves arrays that are only hashed
+    and summarised at once (the gradients).
     """
-    array = value.asnumpy().copy() if isinstance(value, Tensor) else np.asarray(value)
+    array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+    if copy and isinstance(value, Tensor):
+        array = array.copy()
     if array.dtype.name == "bfloat16":  # MindSpore's own numpy bfloat16 type
         array = array.view(np.uint16)
     return array
