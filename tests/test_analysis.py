@@ -116,3 +116,18 @@ def test_ranks_with_other_parameters_are_a_structure_mismatch(tmp_path):
     [t.join() for t in threads]
     (f,) = _findings(tmp_path)
     assert (f.code, f.ranks, f.params) == ("structure_mismatch", (1,), ("w",))
+
+
+def test_the_rank_whose_heartbeats_stopped_first_is_named(tmp_path):
+    import h5py
+
+    make_run(str(tmp_path), "none", size=3)
+    for rank in range(3):  # as if every rank was killed at the same step, rank 1 first
+        with h5py.File(tmp_path / f"rank_0000{rank}.h5", "r+") as f:
+            f["status"][0] = 0
+            beats = f["heartbeat"]
+            beats.resize(beats.shape[0] + 1, axis=0)
+            beats[-1] = (f["steps/time"][-1] + (5 if rank == 1 else 120), f["steps/step"][-1])
+    (f,) = _findings(tmp_path)
+    assert (f.code, f.ranks) == ("rank_stopped", (1,))
+    assert "Rank 1 went silent first" in f.message and "115 s before" in f.message

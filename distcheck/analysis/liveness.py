@@ -46,12 +46,14 @@ def _stopped(run: Run):
         return None
     top = max(last.values())
     behind = [r for r in unfinished if last[r] < top]
+    first = _first_silent(run)
     if behind or finished:
         ranks = sorted(set(behind) | (set(unfinished) if finished else set()), key=lambda r: (last[r], r))
+    elif first is not None:
+        ranks = [first[0]]  # all stopped at the same step: the one that fell silent first is the suspect
     else:
         ranks = unfinished
     alive = {r: readers[r].last_alive() for r in ranks}
-    first = _first_silent(run)
     describe = "; ".join(f"rank {r} last recorded step {last[r] if last[r] >= 0 else 'none'} "
                          f"({readers[r].status_name}{': ' + readers[r].status_message if readers[r].status_message else ''})"
                          for r in ranks)
@@ -60,7 +62,7 @@ def _stopped(run: Run):
     elif behind:
         head = f"rank(s) {', '.join(map(str, behind))} stopped before the others (the furthest reached step {top})"
     else:
-        head = f"no rank finished cleanly; all stopped at step {top}"
+        head = f"no rank finished cleanly; all {len(unfinished)} stopped at step {top}"
     tail = ""
     if first is not None:
         tail = (f" Rank {first[0]} went silent first: its last sign of life came {first[1]:.0f} s before "
