@@ -19,7 +19,7 @@ from typing import Any
 
 # Bound eagerly: the function `attach` must win over the submodule of the same name,
 # which the import system would otherwise set as this package's attribute.
-from distcheck.mindspore.attach import attach, install_import_hook
+from distcheck.mindspore.attach import attach as attach, install_import_hook as install_import_hook
 
 _EXPORTS = {
     "DistcheckCallback": "distcheck.mindspore.callback",

@@ -24,11 +24,11 @@ def health_checks(run: Run, config: dict[str, Any]) -> list[Finding]:
     disabled = set(settings.get("disable") or ())
     merged: dict[tuple, Finding] = {}
     for rank, reader in sorted(run.readers.items()):
-        data = RankData(reader)
+        rank_data = RankData(reader)
         for code, r in RULES.items():
             if r.cross_rank or code in disabled:
                 continue
-            for f in r.check(data, settings.get(code) or {}):
+            for f in r.check(rank_data, settings.get(code) or {}):
                 key = (f.code, f.step, f.params)
                 if key in merged:
                     old = merged[key]
@@ -40,16 +40,18 @@ def health_checks(run: Run, config: dict[str, Any]) -> list[Finding]:
     return list(merged.values())
 
 
-class _Static:
-    def __init__(self, static: dict, rank: int) -> None:
-        self.static, self.rank = static, rank
+class _Setup:
+    """What the static rules read of a rank: its number and its set-up description."""
+
+    def __init__(self, setup: dict, rank: int) -> None:
+        self.static, self.rank = setup, rank
 
 
-def static_findings(static: dict, rank: int, config: dict[str, Any]) -> list[Finding]:
+def static_findings(setup: dict, rank: int, config: dict[str, Any]) -> list[Finding]:
     """The static rules on a training set-up description (``meta.static``), e.g. in the job."""
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
-    view = _Static(static, rank)
+    view = _Setup(setup, rank)
     out: list[Finding] = []
     for code in _STATIC:
         if code not in disabled:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np

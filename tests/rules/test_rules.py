@@ -4,7 +4,7 @@ import numpy as np
 
 from distcheck.config import load_config
 from distcheck.rules import static_findings
-from rules.series import LAYERS, all_codes, healthy_batch, healthy_grads, healthy_params, judge, write
+from rules.series import all_codes, healthy_batch, healthy_grads, healthy_params, judge, write
 
 
 def test_a_healthy_series_raises_nothing(tmp_path):
