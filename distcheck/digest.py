@@ -16,7 +16,6 @@ import xxhash
 
 #: Columns of the statistics vector, in storage order.
 STAT_NAMES = ("min", "max", "mean", "l2", "nan", "inf")
-N_STATS = len(STAT_NAMES)
 
 _EMPTY_STATS = np.array([np.nan, np.nan, np.nan, 0.0, 0, 0], dtype=np.float64)
 

@@ -65,14 +65,6 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=order)
 
 
-def worst_severity(findings: list[Finding]) -> Optional[Severity]:
-    worst = None
-    for f in findings:
-        if worst is None or f.severity.rank > worst.rank:
-            worst = f.severity
-    return worst
-
-
 def name_list(names: tuple[str, ...] | list[str], limit: int = 6) -> str:
     """``a, b, c and 4 more``: a short list for messages."""
     names = list(names)

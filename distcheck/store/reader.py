@@ -45,6 +45,7 @@ class Heartbeat:
 class DumpReader:
     def __init__(self, path: str, check_hangs: bool = True) -> None:
         self.path = path
+        self._series: dict[str, np.ndarray] = {}
         if check_hangs:
             _open_in_child(path)
         self._file = _open(path)
@@ -122,7 +123,10 @@ class DumpReader:
         return _text(value) if isinstance(value, bytes) else value
 
     def series(self, path: str) -> np.ndarray:
-        return self._read(path, slice(0, self.n_steps))
+        """A whole per-step series of scalars or small rows (read once, then cached)."""
+        if path not in self._series:
+            self._series[path] = self._read(path, slice(0, self.n_steps))
+        return self._series[path]
 
     def loss(self) -> np.ndarray:
         return self.series(schema.LOSS)
