@@ -1,25 +1,15 @@
-"""The ``distcheck`` command: ``launch``, ``analyze``.
+"""The ``distcheck`` command: ``launch``, ``analyze``, ``watch``, ``rules``, ``explain``.
 
-Exit codes (also in the README):
-  0  nothing at or above ``--fail-on``
-  1  findings at or above ``--fail-on`` (default: error)
-  2  usage, configuration or input errors (the readable ranks are still analysed)
-  3  ``launch`` only: the training job itself failed (the report covers what was recorded)
+Exit codes are :class:`distcheck.exits.ExitCode` (also in the README).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from distcheck import __version__
-
-EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_JOB_FAILED = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """A problem with the command line or its inputs; the message says what to do."""
+from distcheck.exits import ExitCode, UsageError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,12 +17,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return EXIT_INPUT
+        return ExitCode.INPUT
     try:
         return args.handler(args)
     except UsageError as exc:
         print(f"distcheck: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return ExitCode.INPUT
     except KeyboardInterrupt:
         print("distcheck: interrupted", file=sys.stderr)
         return 130
@@ -43,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distcheck",
         description="Find where data-parallel replicas of a MindSpore job part ways, and why.",
         epilog="Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage or input error, "
-               "3 the launched job failed.")
+               "3 the launched job failed or stalled, 130/143 launch stopped by SIGINT/SIGTERM.")
     parser.add_argument("--version", action="version", version=f"distcheck {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -70,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the online cross-rank check every K recorded steps (default: step 0 only)")
     p.add_argument("--flush-seconds", type=float, default=2.0, metavar="S",
                    help="write buffered rows to disk at least this often (default 2; 0: every step)")
+    p.add_argument("--stall-timeout", type=float, metavar="S",
+                   help="stop the job when no rank has completed a step for S seconds (counted from the "
+                        "start, so allow for the first step's compilation); stacks are kept, exit 3")
+    p.add_argument("--strict", action="store_true",
+                   help="a probe error stops the job instead of switching the probe off (for CI)")
     p.add_argument("--activations", action="store_true",
                    help="tap activation cells (ReLU, Sigmoid, Tanh, ...) for saturation and dead-unit "
                         "statistics (also: DISTCHECK_ACTIVATIONS=1)")
@@ -101,34 +96,10 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from distcheck.report import write_report
+
     config = _config(args.config)
-    return report(args.run_dirs, config, args)
-
-
-def report(run_dirs: list[str], config: dict, args: argparse.Namespace) -> int:
-    from distcheck.analysis import analyze
-    from distcheck.findings import Severity
-
-    from distcheck.rules import health_checks
-
-    analysis = analyze(run_dirs, config, checks=[health_checks])
-    if args.format == "json":
-        from distcheck.report.json_report import render_json
-
-        text = render_json(analysis)
-    else:
-        from distcheck.report.text import render_text
-
-        text = render_text(analysis)
-    _emit(text, args.output)
-    for err in analysis.errors:
-        print(f"distcheck: input error: {err.message}", file=sys.stderr)
-    if analysis.errors:
-        return EXIT_INPUT
-    if args.fail_on == "never":
-        return EXIT_OK
-    floor = Severity(args.fail_on).rank
-    return EXIT_FINDINGS if any(f.severity.rank >= floor for f in analysis.findings) else EXIT_OK
+    return write_report(args.run_dirs, config, args.format, args.output, args.fail_on)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -172,20 +143,6 @@ def _config(path: Optional[str]) -> dict:
         raise UsageError(f"{path}: rules.disable names unknown code(s) {', '.join(map(str, unknown))}; "
                          "'distcheck rules' lists them")
     return config
-
-
-def _emit(text: str, output: Optional[str]) -> None:
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    try:
-        directory = os.path.dirname(os.path.abspath(output))
-        os.makedirs(directory, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write the report to {output}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,12 @@ The training script is not changed. Every launched Python process gets
 ``distcheck/_inject`` on ``PYTHONPATH``; its ``sitecustomize`` hooks the import of
 MindSpore and patches ``Model.train`` so that each call records into the run
 directory (see :mod:`distcheck.mindspore.attach`). Options reach the probes as
-``DISTCHECK_*`` environment variables.
+``DISTCHECK_*`` environment variables. Each training process runs under a small
+supervisor (``_inject/rank_supervisor.py``) that records how it really ended.
+
+While the job runs, launch watches for its end, for SIGTERM or SIGINT (then it stops
+the whole job, see :mod:`distcheck.processes`) and, with ``--stall-timeout``, for a
+job in which no rank completes a step. Whatever ended the job, the run is analysed.
 """
 from __future__ import annotations
 
@@ -18,13 +23,26 @@ import sys
 import time
 from typing import Optional
 
-from distcheck.cli import EXIT_JOB_FAILED, UsageError, report
-from distcheck.recorder import ENV_RUN_DIR, ProbeOptions
+from distcheck.exits import ExitCode, UsageError
+from distcheck.recording import ENV_RUN_DIR, ProbeOptions
+from distcheck.store.sidecars import job_path, signal_name, write_json
 
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inject")
+SUPERVISOR = os.path.join(INJECT_DIR, "rank_supervisor.py")
+
+#: Seconds the ranks get to close their dumps after SIGTERM before SIGKILL.
+STOP_GRACE = 30.0
+#: Seconds between two looks at the ranks' progress (with --stall-timeout).
+POLL = 2.0
+
+
+def log(message: str) -> None:
+    print(f"distcheck: {message}", file=sys.stderr, flush=True)
 
 
 def launch(args: argparse.Namespace, config: dict) -> int:
+    from distcheck.report import write_report
+
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -35,25 +53,99 @@ def launch(args: argparse.Namespace, config: dict) -> int:
         raise UsageError(f"-n must be at least 1, got {args.nproc}")
     if args.every < 1:
         raise UsageError(f"--every must be at least 1, got {args.every}")
+    if args.stall_timeout is not None and args.stall_timeout <= 0:
+        raise UsageError(f"--stall-timeout must be positive, got {args.stall_timeout}")
     launcher = _pick_launcher(args.launcher, args.nproc)
     run_dir = os.path.abspath(args.out or _fresh_run_dir())
     os.makedirs(run_dir, exist_ok=True)
-    print(f"distcheck: run directory {run_dir}", file=sys.stderr, flush=True)
+    log(f"run directory {run_dir}")
     env = _job_env(args, run_dir)
+    job = {"command": cmd, "launcher": launcher, "nproc": args.nproc, "start_time": time.time(),
+           "stall_timeout": args.stall_timeout, "host": socket.gethostname()}
+    write_json(job_path(run_dir), job)
     if launcher == "msrun":
-        code = _run_msrun(args, cmd, run_dir, env)
+        procs = _start_msrun(args, cmd, run_dir, env)
     elif launcher == "mpirun":
-        code = _run_mpirun(args, cmd, run_dir, env)
+        procs = _start_mpirun(args, cmd, run_dir, env)
     else:
-        code = _run_plain(cmd, env)
-    if code != 0:
-        print(f"distcheck: the job failed (exit code {code}); logs: {os.path.join(run_dir, 'logs')}",
-              file=sys.stderr, flush=True)
+        procs = [_spawn([sys.executable, SUPERVISOR, *cmd], env)]
+    code, stopped_by = _supervise(procs, run_dir, args.stall_timeout)
+    job.update(end_time=time.time(), exit_code=code, stopped_by=stopped_by)
+    write_json(job_path(run_dir), job)
+    if stopped_by is None and code != 0:
+        log(f"the job failed (exit code {code}); logs: {os.path.join(run_dir, 'logs')}")
     if args.no_analyze:
-        return EXIT_JOB_FAILED if code != 0 else 0
-    result = report([run_dir], config, args)
-    print(f"distcheck: run directory {run_dir}", file=sys.stderr, flush=True)
-    return EXIT_JOB_FAILED if code != 0 else result
+        result = ExitCode.OK
+    else:
+        result = write_report([run_dir], config, args.format, args.output, args.fail_on)
+    if stopped_by in ("SIGTERM", "SIGINT"):
+        return ExitCode.TERMINATED if stopped_by == "SIGTERM" else ExitCode.INTERRUPTED
+    return ExitCode.JOB_FAILED if code != 0 or stopped_by else result
+
+
+# -- watching the job ------------------------------------------------------------------
+def _supervise(procs: list[subprocess.Popen], run_dir: str, stall_timeout: Optional[float]) -> tuple[int, Optional[str]]:
+    """Wait for the job. Returns (the launcher's exit code, why it was stopped or None)."""
+    from distcheck.processes import kill_job, stop_job
+
+    main = procs[-1]  # the launcher whose exit code is the job's
+    requests: list[int] = []
+
+    def on_signal(signum, frame):
+        requests.append(signum)
+        if len(requests) > 1 and signum == signal.SIGINT:
+            log("second interrupt: killing the job now")
+            kill_job(procs)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stall = _StallWatch(run_dir, stall_timeout) if stall_timeout else None
+        while True:
+            try:
+                code = main.wait(timeout=POLL if stall else 0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if requests:
+                name = signal_name(requests[0])
+                log(f"{name} received: stopping the job (every rank closes its dump; at most {STOP_GRACE:g} s)")
+                stop_job(procs, grace=STOP_GRACE)
+                return main.wait(), name
+            if stall is not None and stall.stalled():
+                log(stall.describe() + "; stopping the job")
+                stop_job(procs, grace=STOP_GRACE)
+                return main.wait(), "stall_timeout"
+        for proc in procs[:-1]:  # mpirun's scheduler: give it time to leave on its own
+            _finish(proc, grace=30 if code == 0 else 5)
+        return code, None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _StallWatch:
+    """No rank has completed a step for ``timeout`` seconds, as their heartbeats say."""
+
+    def __init__(self, run_dir: str, timeout: float) -> None:
+        self.run_dir, self.timeout = run_dir, timeout
+        self.started = time.time()
+        self.latest: tuple[float, Optional[int], int] = (self.started, None, -1)  # (since, rank, step)
+
+    def stalled(self) -> bool:
+        from distcheck.store.live import progress_of_run
+
+        latest = self.latest
+        for rank, beat in progress_of_run(self.run_dir).items():
+            if beat is not None and beat.since > latest[0]:
+                latest = (beat.since, rank, beat.step)
+        self.latest = latest
+        return time.time() - latest[0] > self.timeout
+
+    def describe(self) -> str:
+        since, rank, step = self.latest
+        last = f"the last was rank {rank}'s step {step}, " if rank is not None else ""
+        return (f"no rank has completed a step for {time.time() - since:.0f} s ({last}--stall-timeout "
+                f"{self.timeout:g} s)")
 
 
 # -- choosing and preparing ----------------------------------------------------------
@@ -91,9 +183,14 @@ def _fresh_run_dir() -> str:
 def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
     env = dict(os.environ)
     steps = tuple(int(s) for s in args.full_steps.split(",") if s.strip()) if args.full_steps else ()
+    stall_seconds = ProbeOptions.stall_seconds
+    if args.stall_timeout:  # every rank has kept its stack by the time the job is stopped
+        stall_seconds = min(stall_seconds, max(0.5, args.stall_timeout / 3))
     options = ProbeOptions(every=args.every, full_steps=steps, fail_fast=args.fail_fast,
                            online_every=args.online_every, flush_seconds=args.flush_seconds,
-                           activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1")
+                           activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1",
+                           stall_seconds=stall_seconds, strict=args.strict,
+                           local_world=args.local_n or args.nproc)
     env.update(options.to_env())
     env[ENV_RUN_DIR] = run_dir
     if args.config:
@@ -106,7 +203,7 @@ def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
 
 
 def _script_and_args(cmd: list[str]) -> list[str]:
-    """msrun and mpirun's scheduler want ``script.py ARGS``: drop a leading ``python``."""
+    """msrun wants ``script.py ARGS``: drop a leading ``python`` and its options."""
     if os.path.basename(cmd[0]).startswith("python"):
         rest = cmd[1:]
         while rest and rest[0].startswith("-"):
@@ -126,11 +223,7 @@ def _free_port() -> int:
 
 
 # -- launchers -----------------------------------------------------------------------
-def _run_plain(cmd: list[str], env: dict[str, str]) -> int:
-    return _wait(_spawn(cmd, env))
-
-
-def _run_msrun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> int:
+def _start_msrun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> list[subprocess.Popen]:
     script = _script_and_args(cmd)
     argv = [_tool("msrun"), f"--worker_num={args.nproc}", f"--local_worker_num={args.local_n or args.nproc}",
             f"--master_port={args.master_port or _free_port()}", f"--log_dir={os.path.join(run_dir, 'logs')}",
@@ -139,11 +232,11 @@ def _run_msrun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict
         argv.append(f"--master_addr={args.master_addr}")
     if args.node_rank is not None:
         argv.append(f"--node_rank={args.node_rank}")
-    argv += args.launcher_arg + script
-    return _wait(_spawn(argv, env))
+    argv += [*args.launcher_arg, SUPERVISOR, *script]
+    return [_spawn(argv, env)]
 
 
-def _run_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> int:
+def _start_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dict[str, str]) -> list[subprocess.Popen]:
     """MindSpore's dynamic cluster with mpirun as the worker launcher.
 
     The MindSpore scheduler runs as a plain process beside ``mpirun -n N``; each
@@ -158,36 +251,23 @@ def _run_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: dic
     sched_env = {**env, **cluster, "MS_ROLE": "MS_SCHED"}
     worker_env = {**env, **cluster, "MS_ROLE": "MS_WORKER", "DISTCHECK_COMM": "mpi"}
     python = cmd if os.path.basename(cmd[0]).startswith("python") else [sys.executable, *cmd]
-    code = None
     with open(os.path.join(logs, "scheduler.log"), "w") as sched_log:
-        scheduler = subprocess.Popen(python, env=sched_env, stdout=sched_log, stderr=subprocess.STDOUT)
-        try:
-            workers = _spawn([_tool("mpirun"), "-n", str(args.nproc), *args.launcher_arg, *python], worker_env)
-            code = _wait(workers)
-        finally:
-            _stop(scheduler, grace=30 if code == 0 else 5)
-    return code
+        scheduler = subprocess.Popen(python, env=sched_env, stdout=sched_log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+    workers = _spawn([_tool("mpirun"), "-n", str(args.nproc), *args.launcher_arg, sys.executable, SUPERVISOR,
+                      *python], worker_env)
+    return [scheduler, workers]
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start the job with its stdout sent to our stderr: stdout carries only the report."""
+    """Start the job with its stdout sent to our stderr: stdout carries only the report.
+    A session of its own keeps a Ctrl-C in the terminal from reaching it directly: launch
+    stops it in order instead."""
     sys.stdout.flush()
-    return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno())
+    return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno(), start_new_session=True)
 
 
-def _wait(proc: subprocess.Popen) -> int:
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-
-
-def _stop(proc: subprocess.Popen, grace: float) -> None:
+def _finish(proc: subprocess.Popen, grace: float) -> None:
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:

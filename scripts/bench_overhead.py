@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn
 
 from distcheck.mindspore import Probe
-from distcheck.recorder import ProbeOptions
+from distcheck.recording import ProbeOptions
 
 
 class TrainStep(nn.Cell):

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+from distcheck.recording import ParamInfo, ProbeOptions, Recorder
 from distcheck.world import FakeWorld
 
 PARAMS = [
@@ -96,7 +96,7 @@ def _grads(batch: np.ndarray) -> list[np.ndarray]:
 def _die(rec: Recorder) -> None:
     """Leave the dump as SIGKILL would after a flush: rows on disk, no end status."""
     writer, rec.writer, rec.enabled = rec.writer, None, False
+    rec._heartbeat.stop()
     writer.flush()
-    writer._heartbeat_stop.set()
     writer._closed = True
     writer._file.close()

@@ -98,7 +98,7 @@ def test_ranks_with_other_parameters_are_a_structure_mismatch(tmp_path):
 
     import numpy as np
 
-    from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+    from distcheck.recording import ParamInfo, ProbeOptions, Recorder
     from distcheck.world import FakeWorld
 
     worlds = FakeWorld.create(3)

@@ -97,7 +97,7 @@ ISOLATION = """
 import sys
 sys.modules["mindspore"] = None  # any import of it now fails
 import distcheck, distcheck.cli, distcheck.analysis, distcheck.report.text, distcheck.report.json_report
-import distcheck.launch, distcheck.recorder, distcheck.store.reader, distcheck.store.writer, distcheck.config
+import distcheck.launch, distcheck.recording, distcheck.store.reader, distcheck.store.writer, distcheck.config
 sys.argv = ["distcheck", "--help"]
 try:
     distcheck.cli.main()

@@ -1,87 +1,236 @@
-"""Ranks that never wrote, or stopped before the others: crashes and hangs.
+"""How each rank ended, and which rank the others were waiting for.
 
-A rank's dump says how it ended (finished, aborted, or still "running" when it was
-killed without warning), its last recorded step, and its last sign of life (a
-heartbeat, written every few seconds even while the rank waits in a collective).
-A rank whose heartbeats stop while the others' go on died first; ranks that keep
-beating without recording steps were stuck.
+Each rank's end is put together from what survives it: its dump (closed as
+finished, aborted with the exception's text, terminated by a signal, or left open),
+its supervisor's record (the real exit code or signal, known even after SIGKILL),
+its progress file (its last completed step and phase, written at every step) and the
+Python stacks its heartbeat thread kept while it made no progress.
+
+When the job did not finish, ranks usually end in a cascade: one rank crashes or
+stalls, the others wait for it inside the training step's collectives until a
+timeout or the launcher stops them. The one to blame is the rank with the fewest
+completed steps; among equals, one that was *outside* the training step (a rank
+inside it is waiting for the others); then the one that ended clearly first.
 """
 from __future__ import annotations
 
-from distcheck.analysis.run import Run
-from distcheck.findings import Finding, Severity
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
 
-#: Heartbeat gaps shorter than this (seconds) do not order deaths.
+from distcheck.analysis.run import Run
+from distcheck.findings import Finding
+from distcheck.rules.registry import finding
+from distcheck.store.progress_file import read_progress
+from distcheck.store.reader import DumpReader, Stack
+from distcheck.store.schema import Phase, Status
+from distcheck.store.sidecars import ProcessEnd, read_end, read_job, signal_name
+
+#: Gaps in time shorter than this (seconds) do not order two ranks' ends.
 SILENCE_MARGIN = 5.0
+#: A rank alive this long after its last completed step was stalled, not dead.
+STALL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RankEnd:
+    rank: int
+    status: Status
+    message: str
+    signal: int  # from the dump or the supervisor, 0 if none
+    process: Optional[ProcessEnd]
+    completed: int  # last completed step (recorded or not), -1 if none
+    phase: Phase
+    since: float  # when `completed` completed
+    last_alive: float
+    stack: Optional[Stack]
+
+    @property
+    def finished(self) -> bool:
+        return self.status == Status.FINISHED or (
+            self.status == Status.RECORDING_STOPPED and self.process is not None and self.process.exit_code == 0)
+
+    @property
+    def in_step(self) -> bool:
+        return self.phase == Phase.STEP
+
+    @property
+    def own_end(self) -> bool:
+        """Ended by itself (exception, exit, a signal its supervisor saw), not by the launcher's cleanup."""
+        return self.status == Status.ABORTED or self.process is not None
+
+    @property
+    def stalled(self) -> bool:
+        return self.stack is not None and self.last_alive - self.since >= STALL_SECONDS
+
+    def how(self) -> str:
+        """How the rank ended, in words."""
+        if self.status == Status.ABORTED:
+            return f"aborted: {self.message}" if self.message else "aborted"
+        if self.status == Status.TERMINATED:
+            return f"terminated by {signal_name(self.signal)}" if self.signal else "terminated"
+        if self.status == Status.FINISHED:
+            return "finished"
+        if self.process is not None:
+            if self.process.signal:
+                return f"killed by signal {self.process.signal} ({signal_name(self.process.signal)})"
+            if self.status == Status.RECORDING_STOPPED:
+                return f"recording stopped, then the process exited with code {self.process.exit_code}"
+            return f"exited with code {self.process.exit_code} without closing its dump"
+        if self.status == Status.RECORDING_STOPPED:
+            return "recording stopped"
+        return "killed without warning (its dump was never closed)"
+
+    def where(self) -> str:
+        step = f"after step {self.completed}" if self.completed >= 0 else "before step 0"
+        text = f"{step}, {self.phase.label}" if self.phase != Phase.UNKNOWN else step
+        frame = stack_location(self.stack.text) if self.stack is not None else None
+        return f"{text}, at {frame}" if frame else text
+
+
+def rank_end(reader: DumpReader) -> RankEnd:
+    run_dir = os.path.dirname(os.path.abspath(reader.path))
+    hostname, pid = str(reader.attr("hostname", "")), int(reader.attr("pid", 0) or 0)
+    process = read_end(run_dir, hostname, pid) if hostname and pid else None
+    beat = reader.last_heartbeat()
+    progress = read_progress(run_dir, reader.rank)
+    last_recorded = int(reader.steps[-1]) if reader.n_steps else -1
+    completed, phase, since = last_recorded, Phase.UNKNOWN, float("nan")
+    for source in (beat, progress):  # the progress file is written last, at every change
+        if source is not None and source.step >= completed:
+            completed, phase, since = source.step, source.phase, source.since
+    times = [t for t in (beat.time if beat else None, progress.updated if progress else None,
+                         float(reader.times()[-1]) if reader.n_steps else None) if t is not None]
+    stacks = [s for s in reader.stacks() if s.step == completed]
+    signum = reader.status_signal or (process.signal if process is not None and process.signal else 0)
+    if since != since:  # NaN: version 1 dump
+        since = max(times) if times else 0.0
+    return RankEnd(reader.rank, reader.status, reader.status_message, signum, process, completed, phase, since,
+                   max(times) if times else since, stacks[-1] if stacks else None)
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def stack_location(text: str) -> Optional[str]:
+    """``file:line in function`` of the innermost frame of the training script's own
+    code (outside the standard library, site-packages and distcheck), else the innermost."""
+    frames = _FRAME.findall(text)
+    if not frames:
+        return None
+    own = [f for f in frames if not _library(f[0])]
+    path, line, func = (own or frames)[-1]
+    return f"{path}:{line} in {func}"
+
+
+def _library(path: str) -> bool:
+    parts = path.replace("\\", "/")
+    return ("/site-packages/" in parts or "/dist-packages/" in parts or "/lib/python3" in parts
+            or "/distcheck/" in parts or parts.startswith("<"))
 
 
 def check_ranks(run: Run) -> list[Finding]:
-    findings = []
-    missing = [r for r in range(run.world_size) if r not in run.readers]
-    if missing:
-        reasons = [f"rank {r}: {run.unreadable_ranks[r]}" for r in missing if r in run.unreadable_ranks]
-        absent = [r for r in missing if r not in run.unreadable_ranks]
-        parts = []
-        if absent:
-            parts.append(f"no dump for rank(s) {', '.join(map(str, absent))} of a world of {run.world_size}: "
-                         "the rank never reached training (a crash at start-up, or a node's run directory "
-                         "was not given)")
-        parts.extend(reasons)
-        findings.append(Finding("rank_missing", Severity.ERROR, "run", None, tuple(missing), (),
-                                "; ".join(parts) + "."))
-    stopped = _stopped(run)
-    if stopped is not None:
-        findings.append(stopped)
+    findings = _missing(run)
+    if not run.readers:
+        return findings
+    ends = {r: rank_end(reader) for r, reader in run.readers.items()}
+    for end in ends.values():
+        if end.status == Status.RECORDING_STOPPED:
+            findings.append(finding("probe_failed", end.completed if end.completed >= 0 else None, (end.rank,), (),
+                                    f"rank {end.rank}: {end.message or 'recording stopped'}. Training went on "
+                                    f"without the probe ({end.how()}); later steps are compared across the other "
+                                    "ranks only."))
+    unfinished = [e for e in ends.values() if not e.finished]
+    if not unfinished:
+        return findings
+    job = _job(run)
+    outside = job.get("stopped_by") in ("SIGTERM", "SIGINT") or (
+        all(e.status == Status.TERMINATED for e in unfinished) and len(unfinished) == len(ends) > 1)
+    if outside:
+        stop = job.get("stop_time") or max(e.last_alive for e in unfinished)
+        early = [e for e in unfinished if e.status != Status.TERMINATED and e.own_end
+                 and e.last_alive < stop - SILENCE_MARGIN]
+        if not early:
+            findings.append(_stopped_from_outside(unfinished, job))
+            return findings
+        unfinished = early
+    findings.append(_blame(ends, unfinished, job))
     return findings
 
 
-def _stopped(run: Run):
-    readers = run.readers
-    if not readers:
-        return None
-    last = {r: (int(rd.steps[-1]) if rd.n_steps else -1) for r, rd in readers.items()}
-    finished = {r for r, rd in readers.items() if rd.finished}
-    unfinished = sorted(set(readers) - finished)
-    if not unfinished:
-        return None
-    top = max(last.values())
-    behind = [r for r in unfinished if last[r] < top]
-    first = _first_silent(run)
-    if behind or finished:
-        ranks = sorted(set(behind) | (set(unfinished) if finished else set()), key=lambda r: (last[r], r))
-    elif first is not None:
-        ranks = [first[0]]  # all stopped at the same step: the one that fell silent first is the suspect
-    else:
-        ranks = unfinished
-    alive = {r: readers[r].last_alive() for r in ranks}
-    describe = "; ".join(f"rank {r} last recorded step {last[r] if last[r] >= 0 else 'none'} "
-                         f"({readers[r].status_name}{': ' + readers[r].status_message if readers[r].status_message else ''})"
-                         for r in ranks)
-    if finished:
-        head = f"{len(ranks)} rank(s) stopped before the end while other ranks finished at step {top}"
-    elif behind:
-        head = f"rank(s) {', '.join(map(str, behind))} stopped before the others (the furthest reached step {top})"
-    else:
-        head = f"no rank finished cleanly; all {len(unfinished)} stopped at step {top}"
-    tail = ""
-    if first is not None:
-        tail = (f" Rank {first[0]} went silent first: its last sign of life came {first[1]:.0f} s before "
-                "the others'. Look at its log for the crash; the others probably waited for it in a collective.")
-    message = f"{head}: {describe}.{tail}"
-    step = min(last[r] for r in ranks)
-    return Finding("rank_stopped", Severity.ERROR, "run", step if step >= 0 else None, tuple(ranks), (), message,
-                   detail={"last_step": {str(r): last[r] for r in ranks},
-                           "last_alive": {str(r): alive[r] for r in ranks}})
+def _missing(run: Run) -> list[Finding]:
+    missing = [r for r in range(run.world_size) if r not in run.readers]
+    if not missing:
+        return []
+    reasons = [f"rank {r}: {run.unreadable_ranks[r]}" for r in missing if r in run.unreadable_ranks]
+    absent = [r for r in missing if r not in run.unreadable_ranks]
+    parts = []
+    if absent:
+        parts.append(f"no dump for rank(s) {', '.join(map(str, absent))} of a world of {run.world_size}: "
+                     "the rank never reached training (a crash at start-up, or a node's run directory "
+                     "was not given)")
+    parts.extend(reasons)
+    return [finding("rank_missing", None, missing, (), "; ".join(parts) + ".")]
 
 
-def _first_silent(run: Run):
-    """(rank, seconds of lead) for the rank whose signs of life ended clearly first."""
-    alive = {r: rd.last_alive() for r, rd in run.readers.items() if not rd.finished}
-    alive = {r: t for r, t in alive.items() if t is not None}
-    others = {r: t for r, t in ((r, rd.last_alive()) for r, rd in run.readers.items()) if t is not None}
-    if not alive or len(others) < 2:
-        return None
-    rank = min(alive, key=alive.get)
-    rest = [t for r, t in others.items() if r != rank]
-    lead = min(rest) - alive[rank]
-    return (rank, lead) if lead > SILENCE_MARGIN else None
+def _job(run: Run) -> dict:
+    for directory in run.dirs:
+        job = read_job(directory)
+        if job:
+            return job
+    return {}
+
+
+def _stopped_from_outside(ends: list[RankEnd], job: dict) -> Finding:
+    by = job.get("stopped_by")
+    who = f"{by} to distcheck launch" if by else f"{signal_name(ends[0].signal) if ends[0].signal else 'a signal'}"
+    steps = sorted({e.completed for e in ends})
+    span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}..{steps[-1]}"
+    message = (f"The job was stopped from outside ({who}) after {span}; every rank closed its dump with the steps "
+               f"it completed, and no rank is to blame. " + "; ".join(f"rank {e.rank}: {e.how()}, {e.where()}"
+                                                                     for e in sorted(ends, key=lambda e: e.rank)))
+    return finding("job_stopped", min(steps) if steps[0] >= 0 else None, (), (), message)
+
+
+def _blame(ends: dict[int, RankEnd], unfinished: list[RankEnd], job: dict) -> Finding:
+    """The rank(s) the others waited for, among ``unfinished``."""
+    top = max(e.completed for e in ends.values())
+
+    def key(e: RankEnd) -> tuple:
+        return (e.completed, e.in_step, not (e.own_end or e.stalled))
+
+    first = min(key(e) for e in unfinished)
+    suspects = [e for e in unfinished if key(e) == first]
+    if len(suspects) > 1:  # the one that ended clearly first, if one did
+        earliest = min(suspects, key=lambda e: e.last_alive)
+        if all(e is earliest or e.last_alive - earliest.last_alive > SILENCE_MARGIN for e in suspects):
+            suspects = [earliest]
+    culprits = sorted(suspects, key=lambda e: e.rank)
+    others = sorted((e for e in ends.values() if e not in culprits), key=lambda e: e.rank)
+    stalled = all(e.stalled for e in culprits)
+    code = "rank_stalled" if stalled else "rank_stopped"
+    parts = []
+    for e in culprits:
+        if stalled:
+            parts.append(f"rank {e.rank} made no progress {e.where()} for {e.last_alive - e.since:.0f} s, then was "
+                         f"{e.how()}")
+        else:
+            parts.append(f"rank {e.rank} was {e.how()}, {e.where()}")
+    if len(culprits) > 1 and len(culprits) == len(unfinished):
+        parts.append("no rank stands out: they stopped at the same step, in the same phase, at about the same time")
+    waiting = [e for e in others if not e.finished]
+    if waiting:
+        parts.append("the others then stopped as a consequence: " + "; ".join(
+            f"rank {e.rank} {e.how()}, {e.where()}" for e in waiting))
+    done = [e.rank for e in others if e.finished]
+    if done:
+        parts.append(f"rank(s) {', '.join(map(str, done))} finished at step {top}")
+    if job.get("stopped_by") == "stall_timeout":
+        parts.append(f"distcheck launch stopped the job after {job.get('stall_timeout'):g} s without progress")
+    detail = {"ends": {str(e.rank): {"how": e.how(), "completed": e.completed, "phase": e.phase.name.lower(),
+                                     "stack": e.stack.text if e.stack else None} for e in ends.values()}}
+    step = min(e.completed for e in culprits)
+    return finding(code, step if step >= 0 else None, [e.rank for e in culprits], (), "; ".join(parts) + ".",
+                   detail=detail)
+

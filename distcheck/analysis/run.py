@@ -98,3 +98,4 @@ def _load_file(run: Run, path: str, rank_from_name: int) -> None:
         reader.close()
         return
     run.readers[reader.rank] = reader
+    run.errors.extend(InputError(path, problem, reader.rank) for problem in reader.problems)

@@ -50,7 +50,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
-ACT_PREFIX = "distcheck_act."
+from distcheck.mindspore.cells import ACT_PREFIX, model_of, user_network
+
 STAT_NAMES = ("saturated", "zero", "mean", "max_abs")
 
 _INF = float("inf")
@@ -134,9 +135,6 @@ def install_activation_probes(network: nn.Cell) -> list[ActivationTap]:
     not wrapped again. A cell reachable under several paths is tapped once, under
     its first path.
     """
-    from distcheck.mindspore.probe import model_of
-    from distcheck.mindspore.static import user_network
-
     model = user_network(model_of(network))
     taps: list[ActivationTap] = []
     seen: dict[int, ActivationTap] = {}

@@ -10,8 +10,9 @@ meant for a `sitecustomize` and therefore imports nothing heavy and prints nothi
 also runs the script in a scheduler process that exits inside `init()`, and that process
 must stay free of side effects.
 
-Only the first `Model.train`/`fit` call of a process is recorded: MindSpore restarts
-`cur_step_num` at every call, so a second call would overwrite the first one's steps.
+Every `Model.train`/`fit` call of a process is recorded into the same dump: MindSpore
+restarts `cur_step_num` at each call, and the record continues as a new segment whose
+steps follow the last one's (see `distcheck.recording.progress`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any, Callable
 # sitecustomize in every Python process of the job.
 
 _WRAPPED = "__distcheck_wrapped__"
-_state: dict[str, Any] = {"recorded": False}  # False, then "yes", then "told"
 
 
 def attach() -> None:
@@ -48,13 +48,9 @@ def _recording(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        from distcheck.recorder import run_dir_from_env
+        from distcheck.recording import run_dir_from_env
 
-        if run_dir_from_env() is not None and _state["recorded"] == "yes":
-            _state["recorded"] = "told"
-            _log(f"only the first Model.train/fit call of a process is recorded; rank {_rank()} "
-                 f"runs this Model.{method.__name__} call without the probe")
-        elif run_dir_from_env() is not None and not _state["recorded"]:
+        if run_dir_from_env() is not None:
             try:
                 bound = signature.bind(self, *args, **kwargs)
                 bound.arguments["callbacks"] = _with_probe(self, bound.arguments.get("callbacks"))
@@ -73,10 +69,9 @@ def _with_probe(model: Any, callbacks: Any) -> Any:
     from distcheck.mindspore.activations import install_activation_probes
     from distcheck.mindspore.callback import DistcheckCallback
     from distcheck.mindspore.capture import install_grad_capture
-    from distcheck.recorder import ProbeOptions
+    from distcheck.recording import ProbeOptions
 
     existing = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-    _state["recorded"] = "yes"
     if any(isinstance(cb, DistcheckCallback) for cb in existing):
         return callbacks
     train_network = getattr(model, "_train_network", None)
@@ -85,7 +80,8 @@ def _with_probe(model: Any, callbacks: Any) -> Any:
         if ProbeOptions.from_env().activations:
             # Named as in the user's network (Model's `_network`), like its parameters.
             install_activation_probes(getattr(model, "_network", None) or train_network)
-    return [*existing, DistcheckCallback()]
+    probe = DistcheckCallback()
+    return [probe.marker, *existing, probe]
 
 
 def _rank() -> str:
@@ -98,7 +94,7 @@ def _rank() -> str:
 
 
 def _log(message: str) -> None:
-    from distcheck.recorder import log
+    from distcheck.recording import log
 
     log(message)
 

@@ -1,5 +1,9 @@
 """`DistcheckCallback`: record a `Model.train` run with a `Probe`.
 
+It runs after the script's own callbacks; its `marker` (a `PhaseMarker`) runs before
+them, so the heartbeats can tell the training step, the script's callbacks and the
+data pipeline apart, and a rank stuck in a callback is known to have completed its step.
+
 Steps are labelled with MindSpore's `cur_step_num` (the number of updates so far),
 never with a counter of callback calls. In dataset sink mode on Ascend/GPU a step-end
 callback fires once per `sink_size` steps, so the recorded steps are simply sparse
@@ -15,7 +19,7 @@ from mindspore.train import Callback, RunContext
 from distcheck.mindspore.activations import find_activation_taps
 from distcheck.mindspore.capture import GradCapture, find_grad_capture, install_grad_capture
 from distcheck.mindspore.probe import Probe, split_outputs
-from distcheck.recorder import ProbeOptions, log
+from distcheck.recording import Phase, ProbeOptions, log
 
 
 class DistcheckCallback(Callback):
@@ -34,6 +38,7 @@ class DistcheckCallback(Callback):
         self.run_dir = run_dir
         self.options = options
         self.probe: Probe | None = None
+        self.marker = PhaseMarker(self)
 
     def on_train_begin(self, run_context: RunContext) -> None:
         if self.probe is not None:
@@ -50,21 +55,60 @@ class DistcheckCallback(Callback):
             _tap_activations(self.probe, args.train_network)
         self.probe.begin(step=int(args.cur_step_num))
 
+    def on_train_step_begin(self, run_context: RunContext) -> None:
+        if self.probe is not None:
+            self.probe.enter(Phase.STEP)
+
     def on_train_step_end(self, run_context: RunContext) -> None:
         probe = self.probe
         if probe is None:
             return
         args = run_context.original_args()
         step = int(args.cur_step_num)
-        if not probe.due(step):
-            return
         with probe.guard(f"step {step}"):
             loss, overflowed = split_outputs(args.net_outputs)
-            probe.step_end(step, loss, batch=args.get("train_dataset_element"), grads_valid=not overflowed)
+            probe.step_end(step, loss, batch=args.get("train_dataset_element"), grads_valid=not overflowed,
+                           then=Phase.DATA)
+
+    def on_train_epoch_begin(self, run_context: RunContext) -> None:
+        if self.probe is not None:
+            self.probe.enter(Phase.DATA)
+
+    def on_train_epoch_end(self, run_context: RunContext) -> None:
+        if self.probe is not None:
+            self.probe.enter(Phase.DATA)
 
     def on_train_end(self, run_context: RunContext) -> None:
         if self.probe is not None:
-            self.probe.close(clean=True)
+            self.probe.end()
+            self.probe.enter(Phase.FINISHED)
+
+
+class PhaseMarker(Callback):
+    """Runs before the script's callbacks: a step has completed, callbacks come next."""
+
+    def __init__(self, owner: DistcheckCallback) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def _enter(self, phase: Phase) -> None:
+        if self.owner.probe is not None:
+            self.owner.probe.enter(phase)
+
+    def on_train_step_begin(self, run_context: RunContext) -> None:
+        self._enter(Phase.CALLBACKS)
+
+    def on_train_step_end(self, run_context: RunContext) -> None:
+        probe = self.owner.probe
+        if probe is not None:
+            probe.step_done(int(run_context.original_args().cur_step_num))
+            probe.enter(Phase.CALLBACKS)
+
+    def on_train_epoch_begin(self, run_context: RunContext) -> None:
+        self._enter(Phase.CALLBACKS)
+
+    def on_train_epoch_end(self, run_context: RunContext) -> None:
+        self._enter(Phase.CALLBACKS)
 
 
 def _capture_for(train_network: Cell, rank: str) -> GradCapture | None:

@@ -21,11 +21,7 @@ from collections.abc import Iterator
 from mindspore import Parameter, ParameterTuple, nn, ops
 from mindspore.common.initializer import initializer
 
-GRAD_PREFIX = "distcheck_grad."
-"""Name prefix of the shadow parameters. They live in the train network, so a
-checkpoint saved from it contains them too; loading such a checkpoint into a network
-without distcheck only warns about these names."""
-
+from distcheck.mindspore.cells import GRAD_PREFIX
 
 class GradCapture(nn.Cell):
     """An optimizer wrapper that keeps a copy of the last gradients it applied.

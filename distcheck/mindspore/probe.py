@@ -13,9 +13,12 @@
     probe.close()
 
 A probe never takes training down: any error logs one line
-("distcheck: probe disabled on rank R: ...") and switches the probe off. The one
-exception is `ConsistencyError`, raised on every rank by the online check when the
-user asked for fail-fast.
+("distcheck: probe disabled on rank R: ...") and switches the probe off. Two
+exceptions are asked for by the user: `ConsistencyError`, raised on every rank by
+the online check with fail-fast, and `ProbeError`, raised with strict.
+
+Heartbeats say where the training thread is (`Phase`); a custom loop is in
+`Phase.LOOP` between two `step_end` calls unless it says more with `enter()`.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ import numpy as np
 import xxhash
 from mindspore import Parameter, Tensor, nn
 
-from distcheck.mindspore.activations import ACT_PREFIX, ActivationTap, install_activation_probes
-from distcheck.mindspore.capture import GRAD_PREFIX, GradCapture
+from distcheck.mindspore.activations import ActivationTap, install_activation_probes
+from distcheck.mindspore.capture import GradCapture
+from distcheck.mindspore.cells import network_parameters
 from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
-from distcheck.recorder import ConsistencyError, ParamInfo, ProbeOptions, Recorder, log, run_dir_from_env
+from distcheck.recording import (ConsistencyError, ParamInfo, Phase, ProbeError, ProbeOptions, Recorder, log,
+                                 run_dir_from_env)
+from distcheck.recording import faults
 from distcheck.world import MpiWorld, SingleWorld, World
 
 ENV_COMM = "DISTCHECK_COMM"
@@ -72,6 +78,7 @@ class Probe:
         self._recorder: Recorder | None = None
         self._params: list[Parameter] = []
         self._grad_slots: list[int | None] = []
+        self._pending: int | None = None  # run step of a completed update not yet recorded
 
     # -- setup -------------------------------------------------------------------
     def wrap(self, optimizer: nn.Cell) -> GradCapture:
@@ -100,15 +107,27 @@ class Probe:
         return self.taps
 
     def begin(self, step: int = 0) -> None:
-        """Open the dump and record the state before the first update (`step`, normally 0)."""
+        """Open the dump and record the state before the first update (`step`, normally 0).
+
+        In a process that already recorded a training call into the same run
+        directory, the record continues as a new segment (see `distcheck.recording.progress`).
+        """
         if self._recorder is not None or not self.enabled:
             return
         if self.run_dir is None:
             self._disable("no run directory: pass run_dir or set DISTCHECK_RUN_DIR")
             return
         options = self.options or ProbeOptions.from_env()
-        with self.guard("cannot start"):
+        try:
+            faults.plant("world", _int_or_none(rank_hint()))
             self.world = self.world or default_world()
+        except Exception as exc:
+            why = f"cannot set up communication between ranks: {type(exc).__name__}: {exc}"
+            # Tell the other ranks through the run directory, so none waits for this one.
+            self._recorder = Recorder.offline(None, options, run_dir=self.run_dir, why=why)
+            self._disable(why, strict=options.strict)
+            return
+        with self.guard("cannot start"):
             self._params = network_parameters(self.network)
             self._grad_slots = self._match_grads()
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
@@ -118,44 +137,70 @@ class Probe:
                 report_static(static)
             taps = [(tap.name, tap.kind) for tap in self.taps]
             self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options, activations=taps)
-        if self._recorder is None and self.world is not None:
+        if self._recorder is None:
             # Still join the online checks, saying "nothing from me", so no rank waits for this one.
-            self._recorder = Recorder.offline(self.world, options)
+            self._recorder = Recorder.offline(self.world, options, run_dir=self.run_dir, why="probe failed to start")
+        run_step = self._recorder.step_done(step, update=False)
         if self.enabled:
             with self.guard(f"step {step}"):
-                self._record(step, grads_valid=False, loss=None, batch=None, forward_ran=False)
-        self._join_online(step)
+                self._record(run_step, grads_valid=False, loss=None, batch=None, forward_ran=False)
+        self._join_online(run_step)
+        self._recorder.enter(Phase.STARTING)
 
     # -- per step ----------------------------------------------------------------
-    def wants(self, step: int) -> bool:
-        """Whether `step` will be recorded (cheap; call it to skip work otherwise)."""
-        return self.enabled and self._recorder is not None and self._recorder.wants(step)
+    def step_done(self, step: int) -> None:
+        """Note that update number `step` completed, before anything else runs.
 
-    def due(self, step: int) -> bool:
-        """Whether `step_end(step)` has anything to do: record, or join an online check."""
-        return self._recorder is not None and (self._recorder.wants(step) or self._recorder.online_due(step))
+        `step_end` does this itself; call it earlier (as `DistcheckCallback` does,
+        before the script's own callbacks) so that a rank stuck afterwards is known
+        to have completed `step`.
+        """
+        if self._recorder is not None and self._pending is None:
+            self._pending = self._recorder.step_done(step)
+
+    def enter(self, phase: Phase) -> None:
+        """Say where the training thread is now; heartbeats carry it (see `Phase`)."""
+        if self._recorder is not None:
+            self._recorder.enter(phase)
 
     def step_end(self, step: int, loss: Any = None, batch: Sequence[Any] | None = None,
-                 grads_valid: bool = True) -> None:
+                 grads_valid: bool = True, then: Phase = Phase.LOOP) -> None:
         """Record the state after update number `step` (1-based), if it is due.
 
         `loss` may be a Tensor, a number or None; `batch` a sequence of Tensors or
         arrays. Pass `grads_valid=False` for a step whose update was skipped (loss-scale
-        overflow): the captured gradients are then stale and not recorded.
+        overflow): the captured gradients are then stale and not recorded. `then` is
+        where the training thread goes next (the heartbeats say so while it is there).
         """
-        if self.wants(step):
+        if self._recorder is None:
+            return
+        self.step_done(step)
+        run_step, self._pending = self._pending, None
+        if self.wants(run_step):
             with self.guard(f"step {step}"):
-                self._record(step, grads_valid, loss_value(loss), batch_arrays(batch))
-        self._join_online(step)
+                self._record(run_step, grads_valid, loss_value(loss), batch_arrays(batch))
+        self._join_online(run_step)
+        self._recorder.enter(then)
 
-    def _join_online(self, step: int) -> None:
+    def wants(self, run_step: int) -> bool:
+        """Whether run step `run_step` will be recorded."""
+        return self.enabled and self._recorder is not None and self._recorder.wants(run_step)
+
+    def _join_online(self, run_step: int) -> None:
         """Take part in a due online check that recording did not reach (after a failure)."""
         recorder = self._recorder
-        if recorder is not None and recorder.online_due(step):
-            recorder.record(step)
+        if recorder is not None and recorder.online_due(run_step):
+            recorder.record(run_step)
+
+    def end(self) -> None:
+        """The training call ended cleanly. The dump stays open for a later call in this
+        process and is closed as finished when the process exits."""
+        if self._recorder is not None:
+            with self.guard("cannot end"):
+                self._recorder.end_segment()
 
     def close(self, clean: bool = True) -> None:
-        """Close the dump; `clean=False` marks it as aborted."""
+        """Close the dump now; `clean=False` marks it as aborted."""
         recorder, self._recorder = self._recorder, None
         self.enabled = False
         if recorder is not None:
@@ -200,15 +245,21 @@ class Probe:
         """Context manager: an error inside logs one line and disables the probe."""
         return _Guard(self, what)
 
-    def _disable(self, why: str) -> None:
-        """Stop recording on this rank. The recorder stays, to join online checks."""
-        if not self.enabled:
-            return
-        self.enabled = False
-        if self._recorder is not None and self._recorder.enabled:
-            self._recorder.disable(why)  # logs the line and closes the dump as aborted
-        else:
-            log(f"probe disabled on rank {self.rank}: {why}")
+    def _disable(self, why: str, strict: bool = False) -> None:
+        """Stop recording on this rank. The recorder stays, to join online checks.
+        With `strict` (the user's `--strict`), raise `ProbeError` instead of going on."""
+        if self.enabled:
+            self.enabled = False
+            if self._recorder is not None and self._recorder.enabled:
+                self._recorder.disable(why)  # logs the line and closes the dump as "recording stopped"
+            else:
+                log(f"probe disabled on rank {self.rank}: {why}")
+        if strict:
+            raise ProbeError(f"rank {self.rank}: {why}")
+
+    @property
+    def strict(self) -> bool:
+        return (self.options or ProbeOptions.from_env()).strict
 
     @property
     def rank(self) -> str:
@@ -219,7 +270,8 @@ class Probe:
 
 
 class _Guard:
-    """Turns any error except `ConsistencyError` into one log line and a disabled probe."""
+    """Turns any error except `ConsistencyError` into one log line and a disabled probe
+    (or, with `strict`, into a `ProbeError` that stops the job)."""
 
     def __init__(self, probe: Probe, what: str) -> None:
         self.probe, self.what = probe, what
@@ -228,10 +280,17 @@ class _Guard:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, ConsistencyError) or not isinstance(exc, Exception):
+        if exc is None or isinstance(exc, (ConsistencyError, ProbeError)) or not isinstance(exc, Exception):
             return False
-        self.probe._disable(f"{self.what}: {type(exc).__name__}: {exc}")
+        self.probe._disable(f"{self.what}: {type(exc).__name__}: {exc}", strict=self.probe.strict)
         return True
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def report_static(static: dict[str, Any]) -> None:
@@ -249,49 +308,6 @@ def report_static(static: dict[str, Any]) -> None:
 
 
 # -- what to record ------------------------------------------------------------------
-def network_parameters(network: nn.Cell) -> list[Parameter]:
-    """The network's own parameters, without optimizer state or distcheck shadows.
-
-    Given a train cell (`nn.TrainOneStepCell` or alike, e.g. from `Model(train_cell)`),
-    only its `network` child counts, which leaves out loss-scale state such as
-    `scale_sense`. Optimizer state is every parameter an `nn.Optimizer` holds beyond
-    the ones it updates: moments, accumulators, `global_step`, `learning_rate`, ...
-    """
-    network = model_of(network)
-    state: set[int] = set()
-    for _, cell in network.cells_and_names():
-        if isinstance(cell, nn.Optimizer):
-            updated = {id(p) for p in cell.parameters}
-            state.update(id(p) for p in cell.get_parameters() if id(p) not in updated)
-    seen: set[int] = set()
-    params = []
-    for _, param in network.parameters_and_names():
-        if id(param) in seen or id(param) in state or is_shadow(param.name):
-            continue
-        seen.add(id(param))
-        params.append(param)
-    return params
-
-
-def is_shadow(name: str) -> bool:
-    """Whether a parameter name is one of distcheck's shadows (gradients, activation stats).
-
-    A cell with auto_prefix=True that adopts a tapped network later prefixes the
-    shadow's name too ("net.distcheck_act.layers.1"), so the prefix is looked for
-    after a dot as well.
-    """
-    return any(name.startswith(prefix) or f".{prefix}" in name for prefix in (GRAD_PREFIX, ACT_PREFIX))
-
-
-def model_of(network: nn.Cell) -> nn.Cell:
-    """The `network` child of the first train cell (one with an `optimizer` child) inside `network`."""
-    for _, cell in network.cells_and_names():
-        children = cell.name_cells()
-        if isinstance(children.get("optimizer"), (nn.Optimizer, GradCapture)) and "network" in children:
-            return children["network"]
-    return network
-
-
 def dtype_name(dtype: Any) -> str:
     """numpy's name for a MindSpore dtype, or "bfloat16"."""
     if dtype == ms.bfloat16:

@@ -28,6 +28,7 @@ from mindspore.mint.nn.layer.normalization import _BatchNorm as _MintBatchNorm
 from mindspore.nn.layer.normalization import _BatchNorm as _NnBatchNorm
 
 from distcheck.mindspore.capture import GradCapture
+from distcheck.mindspore.cells import model_of, network_parameters, user_network
 
 
 def describe_training(network: nn.Cell, optimizer: nn.Cell | None) -> dict[str, Any]:
@@ -42,9 +43,6 @@ def describe_training(network: nn.Cell, optimizer: nn.Cell | None) -> dict[str, 
         the module docstring of the rules that read it. Cell names are paths in the
         model (``cells_and_names``), as in parameter names.
     """
-    # Imported here: probe.py imports this module.
-    from distcheck.mindspore.probe import model_of, network_parameters
-
     model = user_network(model_of(network))
     if isinstance(optimizer, GradCapture):
         optimizer = optimizer.optimizer
@@ -61,12 +59,6 @@ def describe_training(network: nn.Cell, optimizer: nn.Cell | None) -> dict[str, 
                      if isinstance(cell, _DROPOUTS) and (keep := keep_probability(cell)) is not None],
         "optimizer": describe_optimizer(optimizer),
     }
-
-
-def user_network(network: nn.Cell) -> nn.Cell:
-    """The backbone inside `nn.WithLossCell` (whose names it does not prefix); else `network`."""
-    backbone = network.name_cells().get("_backbone") if isinstance(network, nn.WithLossCell) else None
-    return backbone if backbone is not None else network
 
 
 def keep_probability(cell: nn.Cell) -> float | None:

@@ -82,15 +82,58 @@ document("rank_missing", Severity.ERROR, "run", "a rank's dump is absent or unre
     Fix: look at that rank's log (``RUN_DIR/logs``); give every node's run directory.
     """)
 
-document("rank_stopped", Severity.ERROR, "run", "a rank's dump ends before the others (crash or hang)", """
-    Phenomenon: a rank did not finish cleanly while others did, or stopped recording at an
-    earlier step than the others. When heartbeats show one rank fell silent clearly before
-    the rest, it is named as the one that died first.
+document("rank_stopped", Severity.ERROR, "run", "a rank crashed or was killed first; the others followed", """
+    Phenomenon: the job did not finish, and one rank ended first: an exception, a signal (a
+    SIGKILL from the out-of-memory killer, a segfault), or an exit before training ended.
+    The other ranks then waited for it in a collective and were stopped by the launcher or
+    by a timeout; they are named in the message as waiting, not blamed.
 
-    Likely causes: a crash (out of memory, a killed process, a Python exception), a hang in
-    a collective, a node failure.
+    Detection: each rank's end is known from its dump (closed as finished, aborted with the
+    exception's text, or terminated by a signal), from its supervisor (the real exit code or
+    signal, even after SIGKILL) and from its progress file (its true last completed step,
+    written at every step). The rank blamed is the one with the fewest completed steps; among
+    equals, one outside the training step (in its callbacks, the data pipeline or distcheck)
+    rather than inside it, where ranks wait for each other's collectives; then the one that
+    ended clearly first (5 s margin).
 
-    Fix: read the named rank's log around the last recorded step.
+    Likely causes: out of memory, a bug that raises on one rank only, a node failure.
+
+    Fix: read the named rank's log (``RUN_DIR/logs``) around the step named.
+    """)
+
+document("rank_stalled", Severity.ERROR, "run", "a rank stopped making progress; the others waited for it", """
+    Phenomenon: a rank stayed alive but completed no step, while the others waited for it in
+    a collective, until a timeout or ``distcheck launch --stall-timeout`` ended the job.
+    MindSpore and msrun then usually blame a *waiting* rank ("worker 0 is the first one timed
+    out"); distcheck names the rank that stalled, its last completed step, and where its main
+    thread was: the file, line and function from the Python stack its heartbeat thread kept.
+
+    Detection: as for rank_stopped (fewest completed steps, then outside the training step),
+    with a rank counted as stalled when it was alive for ``stall_seconds`` (10 s) after its
+    last completed step and left a stack.
+
+    Likely causes: a data loader or callback that never returns (a lock, a network read, an
+    ``input()``), a rank-dependent branch that skips a collective, a deadlock in user code.
+
+    Fix: look at the named file and line.
+    """)
+
+document("job_stopped", Severity.INFO, "run", "the job was stopped from outside", """
+    Phenomenon: the job was stopped by a signal from outside (SIGTERM or SIGINT to
+    ``distcheck launch``, a scheduler's preemption, a Ctrl-C) before training ended. Every
+    rank closed its dump as terminated with the steps it completed; no rank is to blame.
+
+    Fix: nothing, unless the stop was not expected.
+    """)
+
+document("probe_failed", Severity.WARNING, "run", "distcheck's recording stopped on a rank; training went on", """
+    Phenomenon: the probe met an error on a rank (an unwritable run directory, a full disk,
+    a failure setting up its communication, a bug) and stopped recording there; training went
+    on as it would have without distcheck. Steps after that are compared across the other
+    ranks only.
+
+    Fix: the message says what failed. ``distcheck launch --strict`` makes such errors stop
+    the job instead, for CI.
     """)
 
 document("structure_mismatch", Severity.ERROR, "init", "parameter names, shapes or dtypes differ across replicas", """

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from distcheck.store import schema
-from distcheck.store.schema import ParamInfo, Status
+from distcheck.store.schema import ParamInfo, Phase, Status
 
 
 #: Larger world sizes are taken for damage.
@@ -38,14 +38,31 @@ class DumpError(Exception):
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """One sign of life: at ``time`` the rank had completed ``step`` (its latest
+    update, recorded or not) at time ``since``, and its main thread was in ``phase``."""
+
     time: float
     step: int
+    phase: Phase
+    since: float
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The main thread's Python stack, taken while the rank made no progress."""
+
+    time: float
+    step: int
+    phase: Phase
+    text: str
 
 
 class DumpReader:
     def __init__(self, path: str, check_hangs: bool = True) -> None:
         self.path = path
         self._series: dict[str, np.ndarray] = {}
+        #: Problems that cost data but not the whole file (shown as input errors).
+        self.problems: list[str] = []
         if check_hangs:
             _open_in_child(path)
         self._file = _open(path)
@@ -71,8 +88,9 @@ class DumpReader:
         if version > schema.VERSION:
             raise DumpError(self.path, f"format version {version} is newer than this distcheck reads "
                             f"({schema.VERSION})", "upgrade distcheck")
-        if version < 1:
+        if version < schema.OLDEST_VERSION:
             raise DumpError(self.path, f"bad format version {version}")
+        self.version = version
         self.rank = int(f.attrs["rank"])
         self.world_size = int(f.attrs["world_size"])
         if not 0 <= self.rank < self.world_size <= MAX_WORLD_SIZE:
@@ -93,6 +111,8 @@ class DumpReader:
         layout = schema.step_layout(len(self.params), len(self.activations))
         lengths = []
         for path, (tail, _, _) in layout.items():
+            if path not in f and version < 2 and path in schema.ADDED_IN_2:
+                continue
             ds = f[path]
             if tuple(ds.shape[1:]) != tuple(tail):
                 raise DumpError(self.path, f"dataset {path} has rows of shape {ds.shape[1:]}, expected {tail}")
@@ -103,11 +123,16 @@ class DumpReader:
         # A write cut short by a crash can leave datasets of unequal length: trust the shortest.
         self.n_steps = min(lengths)
         self.steps = f[schema.STEP][: self.n_steps].astype(np.int64)
-        if self.n_steps > 1 and np.any(np.diff(self.steps) <= 0):
-            raise DumpError(self.path, "recorded steps are not increasing", "a rank must write one file per run; "
-                            "use a fresh run directory for each job")
-        self.status = int(f[schema.STATUS][0])
+        backwards = np.flatnonzero(np.diff(self.steps) <= 0)
+        if len(backwards):  # only files of older versions: the recorder numbers steps across segments
+            i = int(backwards[0]) + 1
+            self.problems.append(f"{self.path}: recorded step {int(self.steps[i])} follows step "
+                                 f"{int(self.steps[i - 1])}; only the {i} rows before it are analysed")
+            self.n_steps, self.steps = i, self.steps[:i]
+        code = int(f[schema.STATUS][0])
+        self.status = Status(code) if code in Status._value2member_map_ else Status.RUNNING
         self.status_message = _text(f[schema.STATUS_MESSAGE][0]).rstrip("\x00")
+        self.status_signal = int(f[schema.STATUS_SIGNAL][0]) if schema.STATUS_SIGNAL in f else 0
 
     # -- small series ------------------------------------------------------------
     @property
@@ -116,7 +141,7 @@ class DumpReader:
 
     @property
     def status_name(self) -> str:
-        return Status.NAMES.get(self.status, f"unknown ({self.status})")
+        return self.status.label
 
     def attr(self, key: str, default=None):
         value = self._file.attrs.get(key, default)
@@ -125,8 +150,16 @@ class DumpReader:
     def series(self, path: str) -> np.ndarray:
         """A whole per-step series of scalars or small rows (read once, then cached)."""
         if path not in self._series:
-            self._series[path] = self._read(path, slice(0, self.n_steps))
+            if path not in self._file and path in schema.ADDED_IN_2:
+                self._series[path] = np.full(self.n_steps, schema.ADDED_IN_2[path])
+            else:
+                self._series[path] = self._read(path, slice(0, self.n_steps))
         return self._series[path]
+
+    def segments(self) -> np.ndarray:
+        """(N,) the training segment of each row: 0, then 1 after the first restart of
+        the step counter (a second ``Model.train`` call, a loop counting from 1 again)."""
+        return self.series(schema.SEGMENT)
 
     def loss(self) -> np.ndarray:
         return self.series(schema.LOSS)
@@ -144,17 +177,34 @@ class DumpReader:
         return self.series(schema.ROLLUP)[:, schema.KINDS.index(kind)]
 
     def heartbeats(self) -> list[Heartbeat]:
-        rows = self._read(schema.HEARTBEAT, ())
-        return [Heartbeat(float(t), int(s)) for t, s in rows]
+        return [_heartbeat(row) for row in self._read(schema.HEARTBEAT, ())]
+
+    def last_heartbeat(self) -> Optional[Heartbeat]:
+        ds = self._file[schema.HEARTBEAT]
+        n = ds.shape[0]
+        return _heartbeat(self._read(schema.HEARTBEAT, n - 1)) if n else None
 
     def last_alive(self) -> Optional[float]:
         """The latest sign of life: a heartbeat or a recorded step."""
-        beats = self._read(schema.HEARTBEAT, ())
-        last = float(np.nanmax(beats[:, 0])) if len(beats) else None
+        beat = self.last_heartbeat()
+        last = beat.time if beat is not None else None
         if self.n_steps:
             t = float(self._read(schema.TIME, self.n_steps - 1))
             last = t if last is None else max(last, t)
         return last
+
+    def stacks(self) -> list[Stack]:
+        """Stacks of the main thread taken while the rank was not progressing, oldest first."""
+        if schema.STACK_TEXT not in self._file:
+            return []
+        n = min(self._file[p].shape[0] for p in (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE,
+                                                  schema.STACK_TEXT))
+        if not n:
+            return []
+        times, steps, phases, texts = (self._read(p, slice(0, n)) for p in (
+            schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE, schema.STACK_TEXT))
+        return [Stack(float(t), int(s), _phase(p), _text(x).rstrip("\x00"))
+                for t, s, p, x in zip(times, steps, phases, texts)]
 
     # -- per-parameter blocks ----------------------------------------------------
     def digests(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
@@ -303,6 +353,18 @@ def _hdf5_library() -> Optional[ctypes.CDLL]:
         except (OSError, AttributeError):
             continue
     return None
+
+
+def _heartbeat(row: np.ndarray) -> Heartbeat:
+    if len(row) < len(schema.HEARTBEAT_COLUMNS):  # version 1: (time, last recorded step)
+        return Heartbeat(float(row[0]), int(row[1]), Phase.UNKNOWN, float("nan"))
+    t, step, phase, since = row[:4]
+    return Heartbeat(float(t), int(step), _phase(phase), float(since))
+
+
+def _phase(value) -> Phase:
+    code = int(value) if np.isfinite(value) else -1
+    return Phase(code) if code in Phase._value2member_map_ else Phase.UNKNOWN
 
 
 def _text(value) -> str:

@@ -5,6 +5,7 @@ the reader cannot drift apart.
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -13,7 +14,9 @@ import numpy as np
 from distcheck.digest import STAT_NAMES
 
 FORMAT = "distcheck.dump"
-VERSION = 1
+VERSION = 2
+#: Oldest version a reader still reads (missing datasets get their defaults).
+OLDEST_VERSION = 1
 
 #: Steps per HDF5 chunk and per buffered write.
 BLOCK = 64
@@ -21,16 +24,25 @@ BLOCK = 64
 FILE_PATTERN = re.compile(r"^rank_(\d{5})\.h5$")
 
 # Per-step datasets, shape (N, ...).
-STEP = "steps/step"
+STEP = "steps/step"  # run step: strictly increasing across segments (see docs/format.md)
+SEGMENT = "steps/segment"  # which training segment (Model.train call, restarted counter) the row is from
 TIME = "steps/time"
 LOSS = "steps/loss"
 HAS = "steps/has"
 BATCH_DIGEST = "steps/batch_digest"
 ROLLUP = "steps/rollup"  # (N, 2 kinds, 2 words): digest of all param digests, of all grad digests
 KINDS = ("param", "grad")
-HEARTBEAT = "heartbeat"  # (H, 2): unix time, last recorded step
+HEARTBEAT = "heartbeat"  # (H, 4): see HEARTBEAT_COLUMNS
+HEARTBEAT_COLUMNS = ("time", "step", "phase", "since")
 STATUS = "status"  # (1,) int8, see Status
 STATUS_MESSAGE = "status_message"  # (1,) fixed bytes
+STATUS_SIGNAL = "status_signal"  # (1,) int32: the signal that ended the rank, 0 if none
+# Python stacks of the main thread, taken while the rank made no progress.
+STACK_TIME = "stacks/time"  # (S,) float64
+STACK_STEP = "stacks/step"  # (S,) int64: last completed step
+STACK_PHASE = "stacks/phase"  # (S,) int8: Phase
+STACK_TEXT = "stacks/text"  # (S,) fixed bytes, innermost frame last
+STACK_BYTES = 8192
 FULL = "full"
 
 INPUT_STATS = "steps/input_stats"  # (N, 7): the first floating tensor of the batch
@@ -52,18 +64,54 @@ HAS_PARAMS, HAS_GRADS, HAS_LOSS, HAS_BATCH, HAS_ACTS = 1, 2, 4, 8, 16
 STATUS_MESSAGE_BYTES = 512
 
 
-class Status:
-    RUNNING = 0  # still open, or killed without a chance to say anything
-    FINISHED = 1  # closed cleanly at the end of training
-    ABORTED = 2  # closed on an exception, a signal or an exit in the middle of training
+class Status(enum.IntEnum):
+    """How a rank's dump was closed (dataset ``status``)."""
 
-    NAMES = {0: "running", 1: "finished", 2: "aborted"}
+    RUNNING = 0  #: still open, or the process died without a chance to say anything
+    FINISHED = 1  #: closed cleanly at the end of training
+    ABORTED = 2  #: an exception, or an exit before training ended; the message says which
+    TERMINATED = 3  #: a signal (SIGTERM, SIGINT) ended the rank; ``status_signal`` says which
+    RECORDING_STOPPED = 4  #: the probe failed and stopped recording; training went on without it
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+
+class Phase(enum.IntEnum):
+    """Where a rank's main thread is, as its heartbeats say (column ``phase``)."""
+
+    UNKNOWN = -1  #: version 1 dumps
+    STARTING = 0  #: before the first step: building, compiling, loading
+    STEP = 1  #: inside the training step: forward, backward, collectives, update
+    DATA = 2  #: fetching the next batch from the data pipeline
+    CALLBACKS = 3  #: in the training script's own callbacks
+    PROBE = 4  #: distcheck's own recording or online check
+    LOOP = 5  #: a custom training loop's own code between two recorded steps
+    FINISHED = 6  #: training has ended
+
+    @property
+    def label(self) -> str:
+        return _PHASE_LABELS[self]
+
+
+_PHASE_LABELS = {
+    Phase.UNKNOWN: "unknown",
+    Phase.STARTING: "starting up (before the first step)",
+    Phase.STEP: "in the training step (where the collectives run)",
+    Phase.DATA: "waiting for the next batch from the data pipeline",
+    Phase.CALLBACKS: "in the training script's callbacks",
+    Phase.PROBE: "in distcheck's recording",
+    Phase.LOOP: "in the training loop's own code",
+    Phase.FINISHED: "finished training",
+}
 
 
 def step_layout(n_params: int, n_acts: int) -> dict[str, tuple[tuple[int, ...], np.dtype, object]]:
     """Every per-step dataset: path -> (shape of one row, dtype, value when absent)."""
     layout = {
         STEP: ((), np.int64, 0),
+        SEGMENT: ((), np.int32, 0),
         TIME: ((), np.float64, 0.0),
         LOSS: ((), np.float64, np.nan),
         HAS: ((), np.uint8, 0),
@@ -81,6 +129,10 @@ def step_layout(n_params: int, n_acts: int) -> dict[str, tuple[tuple[int, ...], 
 
 def file_name(rank: int) -> str:
     return f"rank_{rank:05d}.h5"
+
+
+#: Per-step datasets that version 1 dumps lack, and the value they read as.
+ADDED_IN_2 = {SEGMENT: 0}
 
 
 def digests_path(kind: str) -> str:
@@ -107,3 +159,12 @@ class ParamInfo:
         for d in self.shape:
             n *= int(d)
         return n
+
+
+# Files beside the dumps, each a small JSON document (see docs/format.md).
+JOB_FILE = "job.json"  # written by `distcheck launch`: the command, and how the job ended
+ENDS_DIR = "ends"  # one file per training process, written by its supervisor when it exits
+
+
+def end_file_name(hostname: str, pid: int) -> str:
+    return f"{hostname}-{pid}.json"

@@ -1,13 +1,15 @@
-"""Writes one rank's dump: buffered, chunked, crash-tolerant.
+"""Writes one rank's dump: buffered, chunked, crash-tolerant, thread-safe.
 
 Rows are buffered for :data:`~distcheck.store.schema.BLOCK` steps and written as
 whole chunks (about 25 us/step for 1,000 parameters, against 300 us for one row a
 step). The file is in HDF5's single-writer/multiple-reader mode, so after every flush
 it is consistent on disk: a rank killed with SIGKILL loses at most the rows since its
-last flush, and the analyzer (or a live reader) can open the file at any time.
+last flush, and the analyzer (or ``distcheck watch``) can open the file at any time.
 
-A daemon thread appends a heartbeat every few seconds, so a rank that hangs inside a
-collective can be told from a rank that died.
+The writer is passive: the recorder's heartbeat thread calls :meth:`beat` every
+couple of seconds, which writes a heartbeat and flushes what is buffered, so rows
+reach the disk on time even while the training loop is stuck. Every method takes one
+lock; nothing here may be called from a signal handler.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import h5py
 import numpy as np
 
 from distcheck.store import schema
-from distcheck.store.schema import ParamInfo, Status
+from distcheck.store.schema import ParamInfo, Phase, Status
 
 
 class DumpWriter:
@@ -32,7 +34,6 @@ class DumpWriter:
         activations: Sequence[tuple[str, str]] = (),
         full_steps: Sequence[int] = (),
         flush_seconds: float = 2.0,
-        heartbeat_seconds: float = 2.0,
     ) -> None:
         self.path = path
         self.params = list(params)
@@ -41,9 +42,9 @@ class DumpWriter:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._last_flush = time.time()
-        self._last_step = -1
         self._closed = False
         self._rows = 0
+        self._stacks = 0
         self._layout = schema.step_layout(len(self.params), len(self.activations))
         self._buf = {path: np.full((schema.BLOCK, *tail), fill, dtype)
                      for path, (tail, dtype, fill) in self._layout.items()}
@@ -52,11 +53,10 @@ class DumpWriter:
         self._create(attrs)
         self._file.swmr_mode = True
         self._file.flush()
-        self._heartbeat_stop = threading.Event()
-        self._heartbeat = threading.Thread(
-            target=self._beat, args=(heartbeat_seconds,), name="distcheck-heartbeat", daemon=True
-        )
-        self._heartbeat.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- layout ------------------------------------------------------------------
     def _create(self, attrs: dict) -> None:
@@ -77,9 +77,16 @@ class DumpWriter:
             f.create_dataset(path, shape=(0, *buf.shape[1:]), maxshape=(None, *(d or None for d in buf.shape[1:])),
                              chunks=(schema.BLOCK, *(max(1, d) for d in buf.shape[1:])), dtype=buf.dtype)
         f.create_dataset(schema.LABEL_COUNTS, data=self.label_counts)
-        f.create_dataset(schema.HEARTBEAT, shape=(0, 2), maxshape=(None, 2), chunks=(256, 2), dtype=np.float64)
+        columns = len(schema.HEARTBEAT_COLUMNS)
+        f.create_dataset(schema.HEARTBEAT, shape=(0, columns), maxshape=(None, columns), chunks=(256, columns),
+                         dtype=np.float64)
+        # SWMR forbids creating datasets later, so the stack records exist from the start.
+        for path, dtype in ((schema.STACK_TIME, np.float64), (schema.STACK_STEP, np.int64),
+                            (schema.STACK_PHASE, np.int8), (schema.STACK_TEXT, f"S{schema.STACK_BYTES}")):
+            f.create_dataset(path, shape=(0,), maxshape=(None,), chunks=(8,), dtype=dtype)
         f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
         f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
+        f.create_dataset(schema.STATUS_SIGNAL, data=np.array([0], np.int32))
         if self.full_steps:
             full = f.create_group(schema.FULL)
             full.create_dataset("steps", data=np.array(self.full_steps, np.int64))
@@ -92,17 +99,18 @@ class DumpWriter:
     # -- rows --------------------------------------------------------------------
     def append(self, step: int, row: dict[str, object]) -> None:
         """Buffer one step. ``row`` maps per-step dataset paths to this step's values;
-        the step number and time are filled in, absent paths get their fill value."""
+        the step number and time are filled in, absent paths get their fill value.
+        A full block, or rows older than ``flush_seconds``, are written at once."""
         with self._lock:
+            if self._closed:
+                return
             i = self._rows
             for path, (_, _, fill) in self._layout.items():
                 self._buf[path][i] = row.get(path, fill)
             self._buf[schema.STEP][i] = step
             self._buf[schema.TIME][i] = time.time()
             self._rows += 1
-            self._last_step = step
-            due = time.time() - self._last_flush >= self.flush_seconds
-            if self._rows == schema.BLOCK or due:
+            if self._rows == schema.BLOCK or time.time() - self._last_flush >= self.flush_seconds:
                 self._flush_locked()
 
     def write_full(self, step: int, kind: str, index: int, array: np.ndarray) -> None:
@@ -110,8 +118,36 @@ class DumpWriter:
             return
         j = self.full_steps.index(step)
         with self._lock:
+            if self._closed:
+                return
             self._file[f"{schema.FULL}/{kind}/{index}"][j] = array
             self._file[f"{schema.FULL}/{kind}_written"][j] = True
+
+    def beat(self, step: int, phase: Phase, since: float) -> None:
+        """Append a heartbeat (now, last completed step, phase, when that step completed)
+        and write everything buffered to disk."""
+        with self._lock:
+            if self._closed:
+                return
+            self._beat_locked(step, phase, since)
+            self._flush_locked()
+
+    def add_stack(self, step: int, phase: Phase, text: str) -> None:
+        """Keep a Python stack of the main thread (innermost frame last), cut to fit."""
+        data = text.encode("utf-8", "replace")
+        if len(data) > schema.STACK_BYTES:  # keep the innermost frames
+            data = b"...\n" + data[-(schema.STACK_BYTES - 4):]
+        with self._lock:
+            if self._closed:
+                return
+            n = self._stacks
+            for path, value in ((schema.STACK_TIME, time.time()), (schema.STACK_STEP, step),
+                                (schema.STACK_PHASE, int(phase)), (schema.STACK_TEXT, data)):
+                ds = self._file[path]
+                ds.resize(n + 1, axis=0)
+                ds[n] = value
+            self._stacks = n + 1
+            self._file.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -129,41 +165,35 @@ class DumpWriter:
                 ds[start:start + n] = buf[:n]
             self._rows = 0
         self._file[schema.LABEL_COUNTS][...] = self.label_counts
-        self._beat_locked()
         self._file.flush()
         self._last_flush = time.time()
 
-    def _beat_locked(self) -> None:
+    def _beat_locked(self, step: int, phase: Phase, since: float) -> None:
         ds = self._file[schema.HEARTBEAT]
         n = ds.shape[0]
         ds.resize(n + 1, axis=0)
-        ds[n] = (time.time(), self._last_step)
-
-    def _beat(self, every: float) -> None:
-        while not self._heartbeat_stop.wait(every):
-            with self._lock:
-                if self._closed:
-                    return
-                try:
-                    self._beat_locked()
-                    self._file.flush()
-                except Exception:  # the file is gone or broken; the main thread will say so
-                    return
+        ds[n] = (time.time(), step, int(phase), since)
 
     # -- end ---------------------------------------------------------------------
-    def close(self, status: int = Status.FINISHED, message: str = "") -> None:
-        """Flush what is buffered and record how the rank ended. Safe to call twice."""
-        self._heartbeat_stop.set()
+    def close(self, status: Status = Status.FINISHED, message: str = "", signal: int = 0,
+              progress: tuple[int, Phase, float] | None = None) -> None:
+        """Flush what is buffered, add a last heartbeat (``progress``: step, phase,
+        since) and record how the rank ended. Safe to call twice; the first call wins."""
         with self._lock:
             if self._closed:
                 return
-            self._flush_locked()
-            self._file[schema.STATUS][0] = status
-            encoded = message.encode("utf-8", "replace")[: schema.STATUS_MESSAGE_BYTES]
-            self._file[schema.STATUS_MESSAGE][0] = encoded
-            self._file.flush()
-            self._closed = True
-            self._file.close()
+            try:
+                if progress is not None:
+                    self._beat_locked(*progress)
+                self._flush_locked()
+                self._file[schema.STATUS][0] = int(status)
+                encoded = message.encode("utf-8", "replace")[: schema.STATUS_MESSAGE_BYTES]
+                self._file[schema.STATUS_MESSAGE][0] = encoded
+                self._file[schema.STATUS_SIGNAL][0] = int(signal)
+                self._file.flush()
+            finally:
+                self._closed = True
+                self._file.close()
 
 
 def _strings(f: h5py.File, path: str, values: list[str]) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 
 from distcheck.analysis.run import load_run
 from distcheck.config import load_config
-from distcheck.recorder import ParamInfo, ProbeOptions, Recorder
+from distcheck.recording import ParamInfo, ProbeOptions, Recorder
 from distcheck.rules import RULES
 from distcheck.rules.rankdata import RankData
 from distcheck.world import SingleWorld

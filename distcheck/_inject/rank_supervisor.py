@@ -1,0 +1,71 @@
+"""distcheck's per-rank supervisor: runs one training process as its child and
+records how it ended, even when it was killed with SIGKILL.
+
+``distcheck launch`` gives the launcher (msrun, mpirun, or none) this file instead of
+the training script: ``python rank_supervisor.py train.py ARGS`` (or ``... python
+train.py ARGS``). It starts the real command with the same environment and open
+files, passes on SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, waits, writes
+``ends/<host>-<child pid>.json`` in the run directory, and then ends the way its child
+did (the same exit code, or the same signal), so the launcher sees what it would have
+seen without it. msrun's scheduler process, which only runs the script up to
+``init()``, is not supervised: the supervisor replaces itself with it.
+
+Only the standard library is imported before the child ends, so the supervisor costs
+a few megabytes and no start-up time.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _command(argv):
+    first = os.path.basename(argv[0])
+    return list(argv) if first.startswith("python") else [sys.executable, *argv]
+
+
+def main(argv):
+    if not argv:
+        print("usage: rank_supervisor.py [python] SCRIPT [ARGS...]", file=sys.stderr)
+        return 2
+    cmd = _command(argv)
+    run_dir = os.environ.get("DISTCHECK_RUN_DIR")
+    if not run_dir or os.environ.get("MS_ROLE") == "MS_SCHED":
+        os.execv(cmd[0], cmd)
+    child = subprocess.Popen(cmd, close_fds=False)
+
+    def forward(signum, frame):
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    code = child.wait()
+    _record(run_dir, child.pid, code)
+    if code < 0:  # end by the same signal
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(1)
+        return 128 - code
+    return code
+
+
+def _record(run_dir, pid, code):
+    try:
+        from distcheck.store.sidecars import ProcessEnd, write_end
+
+        write_end(run_dir, ProcessEnd(socket.gethostname(), pid, code if code >= 0 else None,
+                                      -code if code < 0 else None, time.time()))
+    except Exception as exc:  # the training's own outcome matters more than this record
+        print(f"distcheck: could not record how process {pid} ended: {exc}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

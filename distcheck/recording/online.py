@@ -1,0 +1,102 @@
+"""The online check: compare parameter digests across ranks while the job runs.
+
+Two rounds keep the common case cheap and every rank in step: first a fixed header
+(ok flag, step, parameter count, rollup digest) from each rank; only if the rollups
+differ, the per-parameter digests. A rank with nothing to give (its probe failed)
+sends ok=0, and then every rank switches the check off together, so no rank ever
+waits in an all-gather that another skipped.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from distcheck.digest import digest_rows
+from distcheck.recording import faults
+from distcheck.recording.options import log
+from distcheck.store.schema import ParamInfo
+from distcheck.vote import majority
+from distcheck.world import World
+
+
+class ConsistencyError(RuntimeError):
+    """Raised on every rank by the online check when ``fail_fast`` is set."""
+
+
+class OnlineCheck:
+    def __init__(self, world: Optional[World], params: Sequence[ParamInfo], every: int, online_every: int,
+                 fail_fast: bool) -> None:
+        self.world, self.params = world, list(params)
+        self.every, self.online_every, self.fail_fast = every, online_every, fail_fast
+        self.on = world is not None and world.size > 1
+        self._done: Optional[int] = None
+
+    def off(self, why: str) -> None:
+        """Switch the check off on this rank only. Safe only where every rank does the same."""
+        if self.on and self.world is not None and self.world.rank == 0:
+            log(f"online check off: {why}")
+        self.on = False
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` has a check. Depends on the step alone, so every rank,
+        recording or not, agrees on it and joins the all-gather."""
+        if not self.on or step == self._done:
+            return False
+        if step == 0:
+            return True
+        k = self.online_every * self.every
+        return k > 0 and step % k == 0
+
+    def run(self, step: int, rows: Optional[np.ndarray], on_mismatch: Callable[[str], None]) -> None:
+        """Compare this rank's parameter digests ``rows`` (None: nothing to give)."""
+        self._done = step
+        try:
+            faults.plant("online", self.world.rank, step)
+        except faults.PlantedFault as exc:
+            log(f"online check on rank {self.world.rank}: {exc}; taking part with nothing to give")
+            rows = None
+        header = np.zeros(5, np.uint64)
+        if rows is not None:
+            header[:] = (1, step, len(self.params), *digest_rows(rows))
+        gathered = self._allgather(header, step)
+        if gathered is None:
+            return
+        if not (np.all(gathered[:, 0] == 1) and np.all(gathered[:, 1:3] == gathered[0, 1:3])):
+            missing = [int(r) for r in np.flatnonzero(gathered[:, 0] != 1)]
+            self.off(f"rank(s) {missing} recorded nothing at step {step}" if missing
+                     else f"not every rank recorded the same parameters at step {step}")
+            return
+        if np.all(gathered[:, 3:] == gathered[0, 3:]):
+            return
+        digests = self._allgather(rows, step)
+        if digests is None:
+            return
+        bad_params, bad_ranks = [], set()
+        for i, info in enumerate(self.params):
+            if not info.trainable:
+                continue
+            culprits = majority([tuple(d) for d in digests[:, i]]).outliers
+            if culprits:
+                bad_params.append(info.name)
+                bad_ranks.update(culprits)
+        if not bad_params:
+            return
+        ranks = sorted(bad_ranks)
+        message = (f"replicas differ at step {step} on rank(s) {ranks} in {len(bad_params)} "
+                   f"parameter(s): {', '.join(bad_params[:5])}{' ...' if len(bad_params) > 5 else ''}")
+        if self.world.rank == 0 or self.world.rank in ranks:
+            log(message)
+        if self.fail_fast:
+            on_mismatch(f"fail-fast: {message}")
+            raise ConsistencyError(message)
+
+    def _allgather(self, array: np.ndarray, step: int) -> Optional[np.ndarray]:
+        try:
+            return self.world.allgather(array)
+        except Exception as exc:
+            # A failed collective fails on every rank that joined it; none goes on alone.
+            self.on = False
+            log(f"online check off on rank {self.world.rank}: all-gather failed at step {step}: "
+                f"{type(exc).__name__}: {exc}")
+            return None

@@ -1,0 +1,89 @@
+"""What a probe records, read from ``DISTCHECK_*`` variables set by ``distcheck launch``."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+ENV_RUN_DIR = "DISTCHECK_RUN_DIR"
+
+
+def log(message: str) -> None:
+    """One line on stderr, the probe's only way of speaking inside a job."""
+    print(f"distcheck: {message}", file=sys.stderr, flush=True)
+
+
+def run_dir_from_env() -> Optional[str]:
+    return os.environ.get(ENV_RUN_DIR) or None
+
+
+def _env(name: str, default, parse):
+    value = os.environ.get(name, "")
+    if not value.strip():
+        return default
+    try:
+        return parse(value)
+    except ValueError:
+        log(f"ignoring {name}={value!r}: not a valid value; using {default!r}")
+        return default
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What to record, and how.
+
+    ``every``: record steps divisible by it (step 0 always). ``full_steps``: steps at
+    which whole tensors are kept too. ``fail_fast``: stop the job when the online check
+    finds replicas that differ. ``online_every``: run the cross-rank check every K
+    recorded steps as well as at step 0 (0: only at 0). ``flush_seconds``: buffered
+    rows reach the disk at least this often. ``stall_seconds``: after this long without
+    a completed step, the main thread's stack is kept (again at 2x, 4x, ...).
+    ``strict``: a probe error stops the job instead of switching the probe off.
+    ``local_world``: ranks sharing this run directory, when ``distcheck launch`` knows
+    it (0: unknown); ranks then agree through files that each has a working probe
+    before their first collective check.
+    """
+
+    every: int = 1
+    full_steps: tuple[int, ...] = ()
+    fail_fast: bool = False
+    online_every: int = 0
+    flush_seconds: float = 2.0
+    activations: bool = False
+    stall_seconds: float = 10.0
+    strict: bool = False
+    local_world: int = 0
+
+    @classmethod
+    def from_env(cls) -> "ProbeOptions":
+        """Options from ``DISTCHECK_*`` variables; a malformed value is logged and ignored."""
+        steps = _env("DISTCHECK_FULL_STEPS", (), lambda v: tuple(int(s) for s in v.split(",") if s.strip()))
+        return cls(
+            every=max(1, _env("DISTCHECK_EVERY", 1, int)),
+            full_steps=steps,
+            fail_fast=_flag("DISTCHECK_FAIL_FAST"),
+            online_every=max(0, _env("DISTCHECK_ONLINE_EVERY", 0, int)),
+            flush_seconds=max(0.0, _env("DISTCHECK_FLUSH_SECONDS", 2.0, float)),
+            activations=_flag("DISTCHECK_ACTIVATIONS"),
+            stall_seconds=max(0.5, _env("DISTCHECK_STALL_SECONDS", 10.0, float)),
+            strict=_flag("DISTCHECK_STRICT"),
+            local_world=max(0, _env("DISTCHECK_LOCAL_WORLD", 0, int)),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "DISTCHECK_EVERY": str(self.every),
+            "DISTCHECK_FULL_STEPS": ",".join(str(s) for s in self.full_steps),
+            "DISTCHECK_FAIL_FAST": "1" if self.fail_fast else "0",
+            "DISTCHECK_ONLINE_EVERY": str(self.online_every),
+            "DISTCHECK_FLUSH_SECONDS": str(self.flush_seconds),
+            "DISTCHECK_ACTIVATIONS": "1" if self.activations else "0",
+            "DISTCHECK_STALL_SECONDS": str(self.stall_seconds),
+            "DISTCHECK_STRICT": "1" if self.strict else "0",
+            "DISTCHECK_LOCAL_WORLD": str(self.local_world),
+        }

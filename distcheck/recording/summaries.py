@@ -1,0 +1,102 @@
+"""One recorded step as a dump row: digests and statistics of every tensor."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from distcheck.digest import digest, digest_rows, stats
+from distcheck.store import schema
+from distcheck.store.schema import ParamInfo
+
+#: Writes one whole tensor: (kind, parameter index, array).
+FullWriter = Callable[[str, int, np.ndarray], None]
+
+
+def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
+             previous: Optional[Sequence[np.ndarray]], grads: Optional[Sequence[Optional[np.ndarray]]],
+             loss: Optional[float], batch: Optional[Sequence[np.ndarray]],
+             activations: Optional[Sequence[np.ndarray]], n_activations: int,
+             label_counts: np.ndarray, write_full: Optional[FullWriter] = None) -> dict[str, object]:
+    """The row of one step, keyed by dataset path (see :func:`schema.step_layout`)."""
+    row: dict[str, object] = {}
+    has = schema.HAS_PARAMS
+    digests, stat_rows = summarise(params, values, "param", write_full)
+    update_norms(stat_rows, values, previous)
+    row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
+    rollups = [digest_rows(digests), (0, 0)]
+    if grads is not None:
+        grad_digests, row[schema.stats_path("grad")] = summarise(params, grads, "grad", write_full)
+        row[schema.digests_path("grad")] = grad_digests
+        rollups[1] = digest_rows(grad_digests)
+        has |= schema.HAS_GRADS
+    row[schema.ROLLUP] = rollups
+    if loss is not None:
+        row[schema.LOSS] = float(loss)
+        has |= schema.HAS_LOSS
+    if batch is not None:
+        row[schema.BATCH_DIGEST] = batch_digest(batch)
+        row[schema.INPUT_STATS], row[schema.LABEL_STATS] = batch_stats(batch, label_counts)
+        has |= schema.HAS_BATCH
+    if activations is not None and len(activations) == n_activations:
+        row[schema.ACT_STATS] = np.stack([np.asarray(a, np.float32).reshape(-1)[:4] for a in activations]) \
+            if len(activations) else np.zeros((0, 4), np.float32)
+        has |= schema.HAS_ACTS
+    row[schema.HAS] = has
+    return row
+
+
+def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]], kind: str,
+              write_full: Optional[FullWriter] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) digests and (P, 7) statistics; zeros and NaN where an array is None."""
+    p = len(params)
+    if len(arrays) != p:
+        raise ValueError(f"got {len(arrays)} {kind} arrays for {p} parameters")
+    rows = np.zeros((p, 2), np.uint64)
+    stat_rows = np.full((p, len(schema.STAT_COLUMNS)), np.nan, np.float32)
+    for i, (info, array) in enumerate(zip(params, arrays)):
+        if array is None:
+            continue
+        rows[i] = digest(array)
+        stat_rows[i, :-1] = stats(array, info.dtype)
+        if write_full is not None:
+            write_full(kind, i, array)
+    return rows, stat_rows
+
+
+def update_norms(stat_rows: np.ndarray, params: Sequence[np.ndarray],
+                 previous: Optional[Sequence[np.ndarray]]) -> None:
+    """Fill the last column with the L2 norm of each parameter's change since ``previous``."""
+    if previous is None or len(previous) != len(params):
+        return
+    for i, (now, before) in enumerate(zip(params, previous)):
+        if now is None or before is None or now.shape != before.shape or now.dtype.kind != "f":
+            continue
+        change = (now - before).ravel()
+        stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+
+
+def batch_digest(batch: Sequence[np.ndarray]) -> tuple[int, int]:
+    return digest_rows(np.array([digest(np.asarray(x)) for x in batch], dtype=np.uint64))
+
+
+def batch_stats(batch: Sequence[np.ndarray], label_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of the inputs (the first floating tensor) and the labels (the last
+    integer tensor of at most 2 dimensions); adds the labels to ``label_counts``."""
+    arrays = [np.asarray(x) for x in batch]
+    inputs = next((a for a in arrays if a.dtype.kind == "f" and a.size), None)
+    labels = next((a for a in reversed(arrays) if a.dtype.kind in "iu" and a.ndim <= 2 and a.size), None)
+    input_row = np.full(len(schema.INPUT_COLUMNS), np.nan, np.float32)
+    if inputs is not None:
+        lo, hi, mean, l2, nan, inf = stats(inputs)
+        n = inputs.size
+        std = np.sqrt(max(l2 * l2 / n - mean * mean, 0.0)) if np.isfinite(l2) else np.nan
+        input_row[:] = (lo, hi, mean, std, nan, inf, n)
+    label_row = np.full(len(schema.LABEL_COLUMNS), np.nan, np.float32)
+    if labels is not None:
+        flat = labels.ravel().astype(np.int64)
+        buckets = np.where(flat < 0, schema.MAX_CLASSES, np.minimum(flat, schema.MAX_CLASSES))
+        counts = np.bincount(buckets, minlength=schema.MAX_CLASSES + 1)
+        label_counts += counts[: schema.MAX_CLASSES + 1]
+        label_row[:] = (flat.min(), flat.max(), flat.mean(), counts.max() / flat.size)
+    return input_row, label_row
