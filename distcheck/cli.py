@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write buffered rows to disk at least this often (default 2; 0: every step)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="stop the job when no rank has completed a step for S seconds (counted from the "
-                        "start, so allow for the first step's compilation); stacks are kept, exit 3")
+                        "first rank's start of training, so allow for the first step's compilation); "
+                        "every rank's stack is kept, and launch exits 3")
     p.add_argument("--strict", action="store_true",
                    help="a probe error stops the job instead of switching the probe off (for CI)")
     p.add_argument("--activations", action="store_true",

@@ -128,10 +128,10 @@ class _StallWatch:
 
     def __init__(self, run_dir: str, timeout: float) -> None:
         self.run_dir, self.timeout = run_dir, timeout
-        self.started = time.time()
-        self.latest: tuple[float, Optional[int], int] = (self.started, None, -1)  # (since, rank, step)
+        self.latest: tuple[float, Optional[int], int] = (0.0, None, -1)  # (since, rank, step)
 
     def stalled(self) -> bool:
+        """The clock starts at the first heartbeat: the launcher's own start-up is not counted."""
         from distcheck.store.live import progress_of_run
 
         latest = self.latest
@@ -139,7 +139,7 @@ class _StallWatch:
             if beat is not None and beat.since > latest[0]:
                 latest = (beat.since, rank, beat.step)
         self.latest = latest
-        return time.time() - latest[0] > self.timeout
+        return latest[1] is not None and time.time() - latest[0] > self.timeout
 
     def describe(self) -> str:
         since, rank, step = self.latest

@@ -26,6 +26,7 @@ find:
   bn          the net has BatchNorm1d (not synced): moving stats diverge
   unsharded   every rank reads the same, unsharded data
   kill        the bug rank SIGKILLs itself at the end of step S
+  stall       the bug rank's callback never returns at the end of step S
 
 Steps are counted from 1, like ``cur_step_num`` in callbacks.
 
@@ -36,6 +37,7 @@ inside ``init()``; so nothing is printed or written before ``init()`` returns.
 import argparse
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -45,7 +47,7 @@ from mindspore import nn
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.train import Callback, Model
 
-BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill")
+BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall")
 
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -64,7 +66,9 @@ def parse_args():
     p.add_argument("--sink-size", type=int, default=4, help="steps per sink (with --sink)")
     p.add_argument("--bug", choices=BUGS, default="none", help="planted bug (default none)")
     p.add_argument("--bug-rank", type=int, default=-1, help="rank with the bug (default: last)")
-    p.add_argument("--bug-step", type=int, default=5, help="step S for nudge/nan/kill (default 5)")
+    p.add_argument("--bug-step", type=int, default=5, help="step S for nudge/nan/kill/stall (default 5)")
+    p.add_argument("--step-delay", type=float, default=0.0,
+                   help="seconds every step sleeps in a callback, for long-running jobs")
     return p.parse_args()
 
 
@@ -171,6 +175,30 @@ class KillSelf(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StallForever(Callback):
+    """Bug `stall`: a callback that never returns (a lock, a network read) after `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num == self.step:
+            while True:
+                time.sleep(1)
+
+
+class SlowSteps(Callback):
+    """Make every step take at least `delay` seconds."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def on_train_step_end(self, run_context):
+        time.sleep(self.delay)
+
+
 def main():
     args = parse_args()
     mode = ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE
@@ -206,6 +234,10 @@ def main():
         callbacks.append(NudgeWeight(net.fc1.weight, args.bug_step))
     if on_bug_rank and args.bug == "kill":
         callbacks.append(KillSelf(args.bug_step))
+    if on_bug_rank and args.bug == "stall":
+        callbacks.append(StallForever(args.bug_step))
+    if args.step_delay > 0:
+        callbacks.append(SlowSteps(args.step_delay))
 
     print(f"rank {rank}/{group_size} bug={args.bug} bug_rank={bug_rank} "
           f"mode={args.mode} sink={args.sink} steps={args.steps}", flush=True)

@@ -29,8 +29,6 @@ from distcheck.store.sidecars import ProcessEnd, read_end, read_job, signal_name
 
 #: Gaps in time shorter than this (seconds) do not order two ranks' ends.
 SILENCE_MARGIN = 5.0
-#: A rank alive this long after its last completed step was stalled, not dead.
-STALL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,12 +55,17 @@ class RankEnd:
 
     @property
     def own_end(self) -> bool:
-        """Ended by itself (exception, exit, a signal its supervisor saw), not by the launcher's cleanup."""
-        return self.status == Status.ABORTED or self.process is not None
+        """Ended by itself (an exception, an exit, a signal its supervisor saw), not
+        stopped from outside nor killed with its supervisor by the launcher's cleanup."""
+        if self.status == Status.ABORTED:
+            return True
+        return self.status != Status.TERMINATED and self.process is not None and bool(
+            self.process.signal or self.process.exit_code)
 
     @property
     def stalled(self) -> bool:
-        return self.stack is not None and self.last_alive - self.since >= STALL_SECONDS
+        """Alive without progress: a stack kept at its last step, and no end of its own."""
+        return self.stack is not None and not self.own_end
 
     def how(self) -> str:
         """How the rank ended, in words."""
@@ -145,8 +148,9 @@ def check_ranks(run: Run) -> list[Finding]:
     if not unfinished:
         return findings
     job = _job(run)
-    outside = job.get("stopped_by") in ("SIGTERM", "SIGINT") or (
-        all(e.status == Status.TERMINATED for e in unfinished) and len(unfinished) == len(ends) > 1)
+    stopped_by = job.get("stopped_by")
+    outside = stopped_by in ("SIGTERM", "SIGINT") or (stopped_by is None and len(unfinished) == len(ends) > 1 and
+                                                       all(e.status == Status.TERMINATED for e in unfinished))
     if outside:
         stop = job.get("stop_time") or max(e.last_alive for e in unfinished)
         early = [e for e in unfinished if e.status != Status.TERMINATED and e.own_end

@@ -123,9 +123,17 @@ class Probe:
             self.world = self.world or default_world()
         except Exception as exc:
             why = f"cannot set up communication between ranks: {type(exc).__name__}: {exc}"
-            # Tell the other ranks through the run directory, so none waits for this one.
+            # Tell the other ranks through the run directory, so none waits for this one,
+            # and leave a dump that says why this rank recorded nothing.
             self._recorder = Recorder.offline(None, options, run_dir=self.run_dir, why=why)
-            self._disable(why, strict=options.strict)
+            self.enabled = False
+            log(f"probe disabled on rank {self.rank}: {why}")
+            with self.guard("cannot write the dump"):
+                alone = SingleWorld(rank=_int_or_none(rank_hint()) or 0, size=_world_size_hint())
+                infos = [self._param_info(p, None) for p in network_parameters(self.network)]
+                Recorder.stopped(self.run_dir, alone, infos, framework_meta(alone.size), options, why)
+            if options.strict:
+                raise ProbeError(f"rank {self.rank}: {why}") from exc
             return
         with self.guard("cannot start"):
             self._params = network_parameters(self.network)
@@ -284,6 +292,15 @@ class _Guard:
             return False
         self.probe._disable(f"{self.what}: {type(exc).__name__}: {exc}", strict=self.probe.strict)
         return True
+
+
+def _world_size_hint() -> int:
+    """The number of ranks as the launcher says (msrun, mpirun), for a rank without a World."""
+    for name in ("MS_WORKER_NUM", "RANK_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = _int_or_none(os.environ.get(name, ""))
+        if value:
+            return value
+    return 1
 
 
 def _int_or_none(text: str) -> int | None:

@@ -111,9 +111,9 @@ def _handler(signum: int, frame) -> Any:
     previous = _state.previous.get(signum, signal.SIG_DFL)
     if callable(previous):
         return previous(signum, frame)
-    if not _state.recorders or _state.watcher is None or not _state.watcher.is_alive():
-        _die(signum)  # nothing left to save
-    return None  # the watcher thread closes the dumps, then ends the process
+    if _state.watcher is None or not _state.watcher.is_alive():
+        _die(signum)
+    return None  # the watcher thread closes the dumps (it may be doing so now), then ends the process
 
 
 def _watch_signals() -> None:

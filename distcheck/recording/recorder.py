@@ -109,6 +109,15 @@ class Recorder:
             rec._agree_ready(run_dir, ok=False, why=why)
         return rec
 
+    @classmethod
+    def stopped(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict, options: ProbeOptions,
+                why: str) -> None:
+        """Leave a dump that says why this rank records nothing (closed at once)."""
+        path = os.path.join(run_dir, schema.file_name(world.rank))
+        os.makedirs(run_dir, exist_ok=True)
+        DumpWriter(path, list(params), _attrs(world, meta, options)).close(Status.RECORDING_STOPPED,
+                                                                         f"probe error: {why}")
+
     def _start(self) -> None:
         lifecycle.watch(self)
         period = self.options.flush_seconds if 0 < self.options.flush_seconds < 2.0 else 2.0
@@ -262,7 +271,6 @@ class Recorder:
         writer, self.writer = self.writer, None
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        lifecycle.unwatch(self)
         with _OPEN_LOCK:
             for key in [k for k, v in _OPEN.items() if v is self]:
                 del _OPEN[key]
@@ -272,6 +280,7 @@ class Recorder:
                 writer.close(status, message, signum, progress=(snap.step, snap.phase, snap.since))
             except Exception as exc:
                 log(f"could not close the dump of rank {self.rank}: {type(exc).__name__}: {exc}")
+        lifecycle.unwatch(self)
 
 
 def _attrs(world: World, meta: dict, options: ProbeOptions) -> dict:

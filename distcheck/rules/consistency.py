@@ -109,8 +109,9 @@ document("rank_stalled", Severity.ERROR, "run", "a rank stopped making progress;
     thread was: the file, line and function from the Python stack its heartbeat thread kept.
 
     Detection: as for rank_stopped (fewest completed steps, then outside the training step),
-    with a rank counted as stalled when it was alive for ``stall_seconds`` (10 s) after its
-    last completed step and left a stack.
+    with a rank counted as stalled when its heartbeat thread kept a stack at its last
+    completed step (it does after ``stall_seconds``, 10 s, without progress; less under
+    ``--stall-timeout``) and it did not end by itself.
 
     Likely causes: a data loader or callback that never returns (a lock, a network read, an
     ``input()``), a rank-dependent branch that skips a collective, a deadlock in user code.
