@@ -86,7 +86,7 @@ def damage(path: str, rng: random.Random) -> str:
 
 def run_case(src: str, work: str, rng: random.Random, config: dict, limit: float):
     shutil.copytree(src, work)
-    files = sorted(os.listdir(work))
+    files = sorted(n for n in os.listdir(work) if n.endswith(".h5"))
     target = os.path.join(work, rng.choice(files))
     what = damage(target, rng)
     if rng.random() < 0.1:

@@ -122,12 +122,44 @@ def test_the_rank_whose_heartbeats_stopped_first_is_named(tmp_path):
     import h5py
 
     make_run(str(tmp_path), "none", size=3)
-    for rank in range(3):  # as if every rank was killed at the same step, rank 1 first
+    for rank in range(3):  # as if every rank was killed in the same step, rank 1 first
         with h5py.File(tmp_path / f"rank_0000{rank}.h5", "r+") as f:
             f["status"][0] = 0
             beats = f["heartbeat"]
             beats.resize(beats.shape[0] + 1, axis=0)
-            beats[-1] = (f["steps/time"][-1] + (5 if rank == 1 else 120), f["steps/step"][-1])
+            last = f["steps/time"][-1]
+            beats[-1] = (last + (5 if rank == 1 else 120), f["steps/step"][-1], 1, last)
     (f,) = _findings(tmp_path)
     assert (f.code, f.ranks) == ("rank_stopped", (1,))
-    assert "Rank 1 went silent first" in f.message and "115 s before" in f.message
+    assert "rank 1 was killed without warning" in f.message and "rank 0 killed" in f.message
+
+
+def test_a_rank_outside_the_training_step_is_blamed_over_the_waiting_ones(tmp_path):
+    import h5py
+
+    make_run(str(tmp_path), "none", size=3)
+    for rank in range(3):  # rank 2 stuck in its callbacks after the last step; 0 and 1 in the step
+        with h5py.File(tmp_path / f"rank_0000{rank}.h5", "r+") as f:
+            f["status"][0] = 0
+            beats = f["heartbeat"]
+            beats.resize(beats.shape[0] + 1, axis=0)
+            last = f["steps/time"][-1]
+            beats[-1] = (last + 30, f["steps/step"][-1], 3 if rank == 2 else 1, last)
+    (f,) = _findings(tmp_path)
+    assert (f.code, f.ranks, f.step) == ("rank_stopped", (2,), 12)
+    assert "in the training script's callbacks" in f.message
+
+
+def test_a_job_stopped_from_outside_blames_no_rank(tmp_path):
+    import h5py
+
+    from distcheck.store.sidecars import job_path, write_json
+
+    make_run(str(tmp_path), "none", size=3)
+    for rank in range(3):
+        with h5py.File(tmp_path / f"rank_0000{rank}.h5", "r+") as f:
+            f["status"][0], f["status_signal"][0] = 3, 15
+    write_json(job_path(str(tmp_path)), {"stopped_by": "SIGTERM"})
+    (f,) = _findings(tmp_path)
+    assert (f.code, f.ranks, f.severity.value) == ("job_stopped", (), "info")
+    assert "SIGTERM to distcheck launch" in f.message

@@ -180,8 +180,7 @@ class DumpReader:
         return [_heartbeat(row) for row in self._read(schema.HEARTBEAT, ())]
 
     def last_heartbeat(self) -> Optional[Heartbeat]:
-        ds = self._file[schema.HEARTBEAT]
-        n = ds.shape[0]
+        n = self._length(schema.HEARTBEAT)
         return _heartbeat(self._read(schema.HEARTBEAT, n - 1)) if n else None
 
     def last_alive(self) -> Optional[float]:
@@ -195,10 +194,10 @@ class DumpReader:
 
     def stacks(self) -> list[Stack]:
         """Stacks of the main thread taken while the rank was not progressing, oldest first."""
-        if schema.STACK_TEXT not in self._file:
-            return []
-        n = min(self._file[p].shape[0] for p in (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE,
-                                                  schema.STACK_TEXT))
+        paths = (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE, schema.STACK_TEXT)
+        if not all(p in self._file for p in paths):
+            return []  # a version 1 dump, or a damaged one: no stacks to show
+        n = min(self._length(p) for p in paths)
         if not n:
             return []
         times, steps, phases, texts = (self._read(p, slice(0, n)) for p in (
@@ -245,6 +244,13 @@ class DumpReader:
         if not group[f"{kind}_written"][j]:
             return None
         return group[f"{kind}/{index}"][j]
+
+    def _length(self, path: str) -> int:
+        try:
+            return int(self._file[path].shape[0])
+        except Exception as exc:
+            raise DumpError(self.path, f"damaged data in {path}: {exc}",
+                            "this rank was left out of the analysis; re-run the job") from None
 
     def _read(self, path: str, selection):
         """Read from a dataset; damage found only now becomes a :class:`DumpError`."""

@@ -1,0 +1,192 @@
+"""The recorder's life cycle: flushing on time, signals, restarted step counters,
+progress that survives SIGKILL, and ranks that agree their probes work."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from distcheck.recording import ParamInfo, ProbeOptions, Recorder, rendezvous
+from distcheck.recording.progress import StepNumbering
+from distcheck.store.progress_file import read_progress
+from distcheck.store.reader import DumpReader
+from distcheck.store.schema import Phase, Status
+from distcheck.world import SingleWorld
+
+PARAMS = [ParamInfo("w", (3, 2), "float32", True, True)]
+
+
+def _child(code: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python (signals and exits must not touch pytest)."""
+    prelude = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import numpy as np
+        from distcheck.recording import ParamInfo, ProbeOptions, Recorder
+        from distcheck.world import SingleWorld
+        RUN = {str(tmp_path)!r}
+        PARAMS = [ParamInfo("w", (3, 2), "float32", True, True)]
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _steps_on_disk(path: str) -> list:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import h5py
+        with h5py.File({path!r}, "r", swmr=True) as f:
+            print(",".join(str(int(s)) for s in f["steps/step"][()]))
+    """)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [int(s) for s in out.stdout.strip().split(",") if s]
+
+
+def test_rows_reach_the_disk_within_flush_seconds_without_further_steps(tmp_path):
+    rec = Recorder.open(str(tmp_path), SingleWorld(), PARAMS, {}, ProbeOptions(flush_seconds=0.3))
+    for step in range(3):
+        rec.record(step, [np.full((3, 2), step, np.float32)])
+    path = str(tmp_path / "rank_00000.h5")
+    time.sleep(1.0)  # no more records: only the heartbeat thread can write them now
+    assert _steps_on_disk(path) == [0, 1, 2]
+    rec.close()
+
+
+def test_sigterm_during_append_closes_the_dump_without_deadlock(tmp_path):
+    # The signal arrives while the training thread holds the writer's lock; the handler
+    # takes no lock, the signal thread closes the dump once the lock is free, and the
+    # process ends by SIGTERM as it would without distcheck.
+    result = _child("""
+        rec = Recorder.open(RUN, SingleWorld(), PARAMS, {}, ProbeOptions())
+        for step in range(5):
+            rec.step_done(step, update=step > 0)
+            rec.record(step, [np.full((3, 2), step, np.float32)])
+        writer = rec.writer
+        with writer._lock:  # as inside append
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+        time.sleep(30)
+        print("not terminated")
+    """, tmp_path)
+    assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.status == Status.TERMINATED and r.status_signal == signal.SIGTERM
+        assert r.steps.tolist() == [0, 1, 2, 3, 4]
+        assert "after step 4" in r.status_message
+
+
+def test_a_script_sigterm_handler_still_runs_and_the_dump_closes_at_exit(tmp_path):
+    result = _child("""
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(7))
+        rec = Recorder.open(RUN, SingleWorld(), PARAMS, {}, ProbeOptions())
+        rec.record(0, [np.zeros((3, 2), np.float32)])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    """, tmp_path)
+    assert result.returncode == 7, result.stderr
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.status == Status.TERMINATED and r.steps.tolist() == [0]
+
+
+def test_an_uncaught_exception_is_the_abort_message(tmp_path):
+    result = _child("""
+        rec = Recorder.open(RUN, SingleWorld(), PARAMS, {}, ProbeOptions())
+        rec.record(0, [np.zeros((3, 2), np.float32)])
+        raise RuntimeError("AllReduce failed")
+    """, tmp_path)
+    assert result.returncode == 1
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.status == Status.ABORTED and "RuntimeError: AllReduce failed" in r.status_message
+
+
+def test_progress_survives_sigkill(tmp_path):
+    result = _child("""
+        rec = Recorder.open(RUN, SingleWorld(), PARAMS, {}, ProbeOptions(flush_seconds=60))
+        for step in range(1, 40):
+            rec.step_done(step)
+            rec.record(step, [np.full((3, 2), step, np.float32)])
+        rec.enter(__import__("distcheck.store.schema", fromlist=["Phase"]).Phase.CALLBACKS)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, tmp_path)
+    assert result.returncode == -signal.SIGKILL
+    record = read_progress(str(tmp_path), 0)
+    assert (record.step, record.phase) == (39, Phase.CALLBACKS)
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.status == Status.RUNNING and r.n_steps < 39  # rows since the last flush are lost
+
+
+def test_restarted_step_counters_continue_as_new_segments():
+    n = StepNumbering()
+    assert [n.run_step(0, update=False), n.run_step(1), n.run_step(2), n.run_step(3)] == [0, 1, 2, 3]
+    assert [n.run_step(1), n.run_step(2)] == [4, 5] and n.segment == 1  # a loop counting from 1 again
+    n.begin_segment()  # a second training call: its state before the first update is step 5
+    assert [n.run_step(0, update=False), n.run_step(1), n.run_step(2)] == [5, 6, 7] and n.segment == 2
+
+
+def test_a_loop_that_counts_its_first_update_as_zero():
+    n = StepNumbering()
+    assert [n.run_step(0, update=False), n.run_step(0), n.run_step(1), n.run_step(2)] == [0, 1, 2, 3]
+    assert n.segment == 0
+
+
+def test_repeated_step_labels_never_make_a_file_unreadable(tmp_path):
+    rec = Recorder.open(str(tmp_path), SingleWorld(), PARAMS, {}, ProbeOptions())
+    labels = [0, 1, 2, 3, 1, 2, 3]  # an epoch loop whose counter restarts
+    for i, label in enumerate(labels):
+        step = rec.step_done(label, update=i > 0)
+        rec.record(step, [np.full((3, 2), i, np.float32)])
+    again = Recorder.open(str(tmp_path), SingleWorld(), PARAMS, {}, ProbeOptions())  # a second training call
+    assert again is rec
+    for i, label in enumerate([0, 1, 2]):
+        rec.record(rec.step_done(label, update=i > 0), [np.full((3, 2), 10 + i, np.float32)])
+    rec.close()
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.steps.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]  # the second call's step 0 is step 6
+        assert r.segments().tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2]
+        assert not r.problems
+
+
+def test_a_rank_whose_probe_failed_is_seen_by_the_others(tmp_path):
+    rendezvous.announce(str(tmp_path), ok=True)
+    ok, why = rendezvous.all_ready(str(tmp_path), expected=1, timeout=1)
+    assert ok
+    rendezvous.announce(str(tmp_path), ok=False, why="cannot set up communication")
+    ok, why = rendezvous.all_ready(str(tmp_path), expected=2, timeout=1)
+    assert not ok and "cannot set up communication" in why
+
+
+def test_a_rank_that_never_arrives_ends_the_wait(tmp_path):
+    rendezvous.announce(str(tmp_path), ok=True)
+    t0 = time.monotonic()
+    ok, why = rendezvous.all_ready(str(tmp_path), expected=3, timeout=0.5)
+    assert not ok and "1 of 3" in why and time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("fault", ["open", "record@2", "flush"])
+def test_planted_failures_stop_recording_and_say_why(tmp_path, fault, monkeypatch):
+    monkeypatch.setenv("DISTCHECK_FAULTS", fault)
+    rec = Recorder.open(str(tmp_path), SingleWorld(), PARAMS, {}, ProbeOptions(flush_seconds=0.2))
+    for step in range(5):
+        rec.record(step, [np.full((3, 2), step, np.float32)])
+        time.sleep(0.15)
+    rec.close()
+    path = tmp_path / "rank_00000.h5"
+    if fault == "open":
+        assert not path.exists() and not rec.enabled
+        return
+    with DumpReader(str(path)) as r:
+        assert r.status == Status.RECORDING_STOPPED and "planted fault" in r.status_message
+        if fault == "record@2":
+            assert r.steps.tolist() == [0, 1]
+
+
+def test_strict_makes_probe_errors_fatal(tmp_path, monkeypatch):
+    from distcheck.recording import ProbeError
+
+    monkeypatch.setenv("DISTCHECK_FAULTS", "record@1")
+    rec = Recorder.open(str(tmp_path), SingleWorld(), PARAMS, {}, ProbeOptions(strict=True))
+    rec.record(0, [np.zeros((3, 2), np.float32)])
+    with pytest.raises(ProbeError, match="planted fault"):
+        rec.record(1, [np.zeros((3, 2), np.float32)])
