@@ -58,6 +58,11 @@ class DumpWriter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def pending(self) -> bool:
+        """Whether rows wait in the buffer (read without the lock: a hint)."""
+        return self._rows > 0
+
     # -- layout ------------------------------------------------------------------
     def _create(self, attrs: dict) -> None:
         f = self._file
