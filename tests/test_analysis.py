@@ -131,7 +131,7 @@ def test_the_rank_whose_heartbeats_stopped_first_is_named(tmp_path):
             beats[-1] = (last + (5 if rank == 1 else 120), f["steps/step"][-1], 1, last)
     (f,) = _findings(tmp_path)
     assert (f.code, f.ranks) == ("rank_stopped", (1,))
-    assert "rank 1 was killed without warning" in f.message and "rank 0 killed" in f.message
+    assert "rank 1 was killed without warning" in f.message and "rank 0 waited for it" in f.message
 
 
 def test_a_rank_outside_the_training_step_is_blamed_over_the_waiting_ones(tmp_path):

@@ -178,6 +178,13 @@ def _missing(run: Run) -> list[Finding]:
     return [finding("rank_missing", None, missing, (), "; ".join(parts) + ".")]
 
 
+def _consequence(e: RankEnd) -> str:
+    if e.in_step:
+        step = f"step {e.completed + 1}" if e.completed >= 0 else "the first step"
+        return f"rank {e.rank} waited for it in {step} (in its collectives), then was {e.how()}"
+    return f"rank {e.rank} was {e.how()}, {e.where()}"
+
+
 def _job(run: Run) -> dict:
     for directory in run.dirs:
         job = read_job(directory)
@@ -225,8 +232,7 @@ def _blame(ends: dict[int, RankEnd], unfinished: list[RankEnd], job: dict) -> Fi
         parts.append("no rank stands out: they stopped at the same step, in the same phase, at about the same time")
     waiting = [e for e in others if not e.finished]
     if waiting:
-        parts.append("the others then stopped as a consequence: " + "; ".join(
-            f"rank {e.rank} {e.how()}, {e.where()}" for e in waiting))
+        parts.append("the others stopped as a consequence: " + "; ".join(_consequence(e) for e in waiting))
     done = [e.rank for e in others if e.finished]
     if done:
         parts.append(f"rank(s) {', '.join(map(str, done))} finished at step {top}")
