@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(handler=cmd_launch)
 
+    p = sub.add_parser("watch", help="show live per-rank progress of a running (or finished) job",
+                       description="Show each rank's status, step, steps per second, phase and last sign "
+                                   "of life in RUN_DIR, and flag straggling, stalled or silent ranks. "
+                                   "Refreshes until no rank is running any more (or Ctrl-C); prints one "
+                                   "table with --once or when stdout is not a terminal.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="print one table and exit (exit 2 if there are no rank files)")
+    p.add_argument("--stall-seconds", type=float, default=30.0, metavar="S",
+                   help="flag a running rank as stalled when no step has completed for S seconds (default 30)")
+    p.set_defaults(handler=cmd_watch)
+
     p = sub.add_parser("rules", help="list every finding code with its severity and one line")
     p.set_defaults(handler=cmd_rules)
     p = sub.add_parser("explain", help="print the documentation of a finding code")
@@ -108,6 +120,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     config = _config(args.config)
     return launch(args, config)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from distcheck.watch import watch
+
+    if not args.interval > 0 or not args.stall_seconds > 0:
+        raise UsageError("--interval and --stall-seconds must be positive numbers of seconds")
+    return watch(args.run_dir, interval=args.interval, once=args.once, stall_seconds=args.stall_seconds)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from distcheck.exits import ExitCode
 from distcheck.store.live import RankNow, look
 from distcheck.store.progress_file import ProgressRecord, read_progress
 from distcheck.store.schema import Phase, Status
+from distcheck.store.sidecars import read_job
 
 SILENT_SECONDS = 10.0
 STRAGGLER_STEPS = 2
@@ -95,7 +96,7 @@ def _row(rank: RankNow, progress: Optional[ProgressRecord], before: Optional[Row
     phase = f"unreadable just now: {rank.problem}" if rank.problem else \
         latest.phase.label if latest else "no heartbeat yet"
     return Row(rank.rank, rank.world_size, status, step, rate, phase,
-               now - latest.time if latest else None, since, now, problem=rank.problem)
+               max(0.0, now - latest.time) if latest else None, since, now, problem=rank.problem)
 
 
 def _rate(step: Optional[int], since: Optional[float], now: float, before: Optional[Row],
@@ -129,10 +130,10 @@ def _flag(row: Row, furthest: Optional[int], stall_seconds: float, now: float) -
         return "silent"
     if row.since is not None and now - row.since > stall_seconds:
         return "stalled"
-    behind = (furthest or 0) - (row.step if row.step is not None else -1)
-    if furthest is not None and behind > max(STRAGGLER_STEPS, STRAGGLER_FRACTION * furthest):
-        return "straggler"
-    return ""
+    if furthest is None:
+        return ""
+    behind = furthest - (row.step if row.step is not None else -1)
+    return "straggler" if behind > max(STRAGGLER_STEPS, STRAGGLER_FRACTION * furthest) else ""
 
 
 def render(rows: Sequence[Row], run_dir: str) -> Table:
@@ -155,28 +156,40 @@ def render(rows: Sequence[Row], run_dir: str) -> Table:
 
 
 def watch(run_dir: str, interval: float = 1.0, once: bool = False, stall_seconds: float = 30.0) -> int:
-    """Show ``run_dir``'s ranks: once (``once``, or stdout not a terminal), else live
-    until no rank runs any more or Ctrl-C. Exit code 2 if a single look finds no rank file."""
+    """Show ``run_dir``'s ranks: once (``once``, or stdout not a terminal), else live,
+    every ``interval`` seconds, until no rank is running any more or Ctrl-C.
+    Returns 2 if a single look finds no rank file, else 0."""
     console = Console(highlight=False)
     if once or not console.is_terminal:
-        rows = snapshot(run_dir, stall_seconds=stall_seconds)
-        if not rows:
-            print(f"distcheck: {_nothing(run_dir)}", file=sys.stderr)
-            return ExitCode.INPUT
-        Console(highlight=False, width=max(console.width, 160)).print(render(rows, run_dir))
-        return ExitCode.OK
+        return _once(run_dir, stall_seconds, console)
     rows: list[Row] = []
     with Live(_view(rows, run_dir), console=console, auto_refresh=False, transient=True) as live:
         try:
             while True:
                 rows = snapshot(run_dir, rows, stall_seconds)
-                if rows and not any(r.running for r in rows):
+                if rows and (not any(r.running for r in rows) or _job_over(run_dir)):
                     break
                 live.update(_view(rows, run_dir), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass
     console.print(_view(rows, run_dir))
+    return ExitCode.OK
+
+
+def _job_over(run_dir: str) -> bool:
+    """``distcheck launch`` wrote the job's end: ranks still "running" were killed unseen."""
+    return "end_time" in read_job(run_dir)
+
+
+def _once(run_dir: str, stall_seconds: float, console: Console) -> int:
+    rows = snapshot(run_dir, stall_seconds=stall_seconds)
+    if not rows:
+        print(f"distcheck: {_nothing(run_dir)}", file=sys.stderr)
+        return ExitCode.INPUT
+    if not console.is_terminal:  # plain text, wide enough that no cell wraps
+        console = Console(highlight=False, width=max(console.width, 160))
+    console.print(render(rows, run_dir))
     return ExitCode.OK
 
 

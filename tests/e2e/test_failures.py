@@ -2,6 +2,8 @@
 or whose probe fails. Each asserts who is blamed, at which step, and what is left behind."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import h5py
@@ -83,6 +85,9 @@ def _stop_from_outside(tmp_path, launcher):
     f = only(result, "job_stopped")
     assert f["ranks"] == [] and "no rank is to blame" in f["message"]
     assert [x for x in result.report["findings"] if x["severity"] == "error"] == []
+    shown = subprocess.run([sys.executable, "-m", "distcheck", "watch", str(tmp_path), "--once"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.count("terminated") == 3, shown.stdout + shown.stderr
     for rank, (status, signum, steps) in _statuses(str(tmp_path)).items():
         assert (status, signum) == (3, signal.SIGTERM), rank  # terminated, by SIGTERM
         completed = read_progress(str(tmp_path), rank).step
