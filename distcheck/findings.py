@@ -55,6 +55,22 @@ class Finding:
         return out
 
 
+@dataclass(frozen=True)
+class Note:
+    """What a rule could not judge, and why: shown beside the findings, never a problem.
+
+    A rule returns it instead of staying silent, so that "no finding" is never mistaken
+    for "checked and fine" (a 30-step run is too short to judge a trend).
+    """
+
+    code: str
+    ranks: tuple[int, ...]
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "ranks": list(self.ranks), "message": self.message}
+
+
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Most severe first; within a severity, earliest step first."""
 

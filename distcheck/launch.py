@@ -74,6 +74,9 @@ def launch(args: argparse.Namespace, config: dict) -> int:
     write_json(job_path(run_dir), job)
     if stopped_by is None and code != 0:
         log(f"the job failed (exit code {code}); logs: {os.path.join(run_dir, 'logs')}")
+    if not _any_dump(run_dir):
+        log(_nothing_recorded(cmd, args.nproc, launcher, code, run_dir))
+        return ExitCode.INPUT
     if args.no_analyze:
         result = ExitCode.OK
     else:
@@ -81,6 +84,29 @@ def launch(args: argparse.Namespace, config: dict) -> int:
     if stopped_by in ("SIGTERM", "SIGINT"):
         return ExitCode.TERMINATED if stopped_by == "SIGTERM" else ExitCode.INTERRUPTED
     return ExitCode.JOB_FAILED if code != 0 or stopped_by else result
+
+
+def _any_dump(run_dir: str) -> bool:
+    from distcheck.store.schema import FILE_PATTERN
+
+    return any(FILE_PATTERN.match(name) for name in os.listdir(run_dir))
+
+
+def _nothing_recorded(cmd: list[str], nproc: int, launcher: str, code: int, run_dir: str) -> str:
+    """One message for a job in which no rank recorded anything, saying why and what to do."""
+    logs = f" (logs: {os.path.join(run_dir, 'logs')})" if launcher != "none" else ""
+    under = f" under {launcher}" if launcher != "none" else ""
+    return (f"no rank recorded anything. The job `{' '.join(cmd)}` ran on {nproc} rank(s){under} and exited "
+            f"with code {code}, but no Model.train or Model.fit call was seen, so there is nothing to analyse"
+            f"{logs}. If the script trains with its own loop, record it "
+            "with the Probe:\n"
+            "    from distcheck.mindspore import Probe\n"
+            "    probe = Probe(net)                 # records into $DISTCHECK_RUN_DIR\n"
+            "    update = probe.wrap(optimizer)     # call update(grads) in your train step, after the reducer\n"
+            "    probe.begin()                      # before the first step\n"
+            "    probe.step_end(step, loss, batch=(x, y))   # after each step\n"
+            "    probe.close()                      # after the last step\n"
+            "See 'Custom training loops' in the README.")
 
 
 # -- watching the job ------------------------------------------------------------------

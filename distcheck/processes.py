@@ -5,11 +5,13 @@ the rest with SIGKILL; on SIGTERM it exits at once and leaves its workers runnin
 So the job is stopped from outside, in an order that lets every rank close its dump:
 
 1. take a snapshot of the whole process tree under the launched processes;
-2. SIGKILL the launcher's own processes (msrun, mpirun and its proxies, the MindSpore
-   scheduler), so none of them kills a rank mid-way through closing its dump;
-3. SIGTERM every rank's supervisor, which passes it to the training process, whose
-   probe closes its dump as "terminated" and ends;
-4. after a grace period, SIGKILL whatever is left.
+2. SIGSTOP the launcher's own processes (msrun, mpirun and its proxies, the MindSpore
+   scheduler), so none of them kills a rank mid-way through closing its dump. They are
+   frozen, not killed: mpirun's proxies hold the ranks' stdout, and a rank that printed
+   into a closed pipe would die of SIGPIPE with its dump open;
+3. SIGTERM every rank's supervisor and training process (a supervisor passes it on, too);
+   each probe closes its dump as "terminated" and the process ends;
+4. after a grace period, SIGKILL whatever is left, the frozen launcher included.
 """
 from __future__ import annotations
 
@@ -70,25 +72,29 @@ def _send(procs: Iterable[psutil.Process], signum: int) -> None:
 def stop_job(roots: list[subprocess.Popen], grace: float = 30.0) -> list[int]:
     """Stop every process of the job; returns the pids that needed SIGKILL after ``grace``."""
     tree = process_tree(roots)
-    ranks, launcher = _supervised(tree)
-    _send(launcher, signal.SIGKILL)
-    supervisors = [p for p in ranks if _is_supervisor(p)]
-    _send(supervisors or ranks, signal.SIGTERM)
-    _, still = psutil.wait_procs(ranks, timeout=grace)
-    leftovers = list(still)
-    for proc in still:
-        try:
-            leftovers.extend(proc.children(recursive=True))
-        except psutil.Error:
-            pass
-    _send(leftovers, signal.SIGKILL)
-    psutil.wait_procs(leftovers, timeout=5)
-    for root in roots:  # reap, so no zombie stays behind
-        try:
-            root.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    return sorted({p.pid for p in leftovers})
+    leftovers, launcher = tree, []
+    try:
+        ranks, launcher = _supervised(tree)
+        _send(launcher, signal.SIGSTOP)
+        _send(ranks, signal.SIGTERM)
+        # Not psutil.wait_procs: a rank whose parent is frozen stays a zombie, and is done.
+        left = set(wait_gone([p.pid for p in ranks], timeout=grace))
+        leftovers = [p for p in ranks if p.pid in left]
+        for proc in list(leftovers):
+            try:
+                leftovers.extend(proc.children(recursive=True))
+            except psutil.Error:
+                pass
+        leftovers += launcher
+    finally:  # whatever happened above, nothing of the job is left running
+        _send(leftovers, signal.SIGKILL)
+        wait_gone([p.pid for p in leftovers], timeout=5)
+        for root in roots:  # reap, so no zombie stays behind
+            try:
+                root.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+    return sorted({p.pid for p in leftovers if p not in launcher})
 
 
 def kill_job(roots: list[subprocess.Popen]) -> None:

@@ -18,6 +18,12 @@ the training-health rules something to find::
   dropout        ``nn.Dropout(keep_prob=0.1)``, the MindSpore 1.x spelling of "drop 10%"
   scaled_inputs  inputs multiplied by 1000 (not normalised)
   sorted_labels  data sorted by label and not shuffled: every batch holds one class
+  bad_init       six ReLU layers of width 64 drawn from Normal(0, 0.5): each multiplies the
+                 signal by about 2.8, and the loss is Inf from step 1
+  mixed_init     healthy: one layer with weight_init="normal" (std 0.01) among default ones
+
+``--net resnet`` trains a small ResNet-style CNN (Conv-BatchNorm-ReLU blocks with skip
+connections, MindSpore's default initialisers) on synthetic 8x8 images instead.
 
 The last line printed is the loss of the first and the last step.
 """
@@ -29,15 +35,17 @@ import numpy as np
 
 import mindspore as ms
 import mindspore.dataset as ds
-from mindspore import nn
+from mindspore import nn, ops
+from mindspore.common.initializer import Normal
 from mindspore.train import Callback, Model
 
 PROBLEMS = ("none", "lr_huge", "lr_zero", "zero_init", "deep_sigmoid", "frozen", "dropout",
-            "scaled_inputs", "sorted_labels")
+            "scaled_inputs", "sorted_labels", "bad_init", "mixed_init")
 
 NUM_FEATURES = 16
 HIDDEN = 32
 NUM_CLASSES = 4
+IMAGE = (3, 8, 8)
 POOL = 1024  # samples; steps beyond one pass go round it again (reshuffled unless sorted_labels)
 
 
@@ -50,17 +58,18 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
+    p.add_argument("--net", choices=("mlp", "resnet"), default="mlp")
     return p.parse_args()
 
 
 class MLP(nn.Cell):
     """16 -> 32 -> 32 -> 4 with ReLU (optionally Dropout after each hidden layer)."""
 
-    def __init__(self, zero_middle=False, keep_prob=None):
+    def __init__(self, zero_middle=False, keep_prob=None, middle_init=None):
         super().__init__()
         self.fc1 = nn.Dense(NUM_FEATURES, HIDDEN)
         self.act1 = nn.ReLU()
-        self.fc2 = nn.Dense(HIDDEN, HIDDEN, weight_init="zeros" if zero_middle else None)
+        self.fc2 = nn.Dense(HIDDEN, HIDDEN, weight_init="zeros" if zero_middle else middle_init)
         self.act2 = nn.ReLU()
         self.head = nn.Dense(HIDDEN, NUM_CLASSES)
         self.drop = nn.Dropout(keep_prob=keep_prob) if keep_prob is not None else nn.Identity()
@@ -88,6 +97,55 @@ class DeepSigmoid(nn.Cell):
         return self.head(self.body(x))
 
 
+class WideReLU(nn.Cell):
+    """Six Dense+ReLU layers of width 64 with weights from Normal(0, 0.5), then a head."""
+
+    def __init__(self, depth=6, width=64):
+        super().__init__()
+        cells, fan_in = [], NUM_FEATURES
+        for _ in range(depth):
+            cells += [nn.Dense(fan_in, width, weight_init=Normal(0.5)), nn.ReLU()]
+            fan_in = width
+        self.body = nn.SequentialCell(cells)
+        self.head = nn.Dense(width, NUM_CLASSES, weight_init=Normal(0.5))
+
+    def construct(self, x):
+        return self.head(self.body(x))
+
+
+class Block(nn.Cell):
+    """Conv-BN-ReLU-Conv-BN plus the input, then ReLU (a ResNet basic block)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + x)
+
+
+class SmallResNet(nn.Cell):
+    """A stem, two basic blocks, global average pooling and a Dense head; default inits."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.stem = nn.Conv2d(IMAGE[0], channels, 3)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+        self.blocks = nn.SequentialCell([Block(channels), Block(channels)])
+        self.pool = ops.ReduceMean(keep_dims=False)
+        self.head = nn.Dense(channels, NUM_CLASSES)
+
+    def construct(self, x):
+        x = self.blocks(self.relu(self.bn(self.stem(x))))
+        return self.head(self.pool(x, (2, 3)))
+
+
 def synthetic_data(rng):
     """A balanced, learnable 4-class problem: Gaussian blobs, features standardised."""
     y = np.repeat(np.arange(NUM_CLASSES), POOL // NUM_CLASSES).astype(np.int32)
@@ -97,9 +155,17 @@ def synthetic_data(rng):
     return x.astype(np.float32), y
 
 
+def synthetic_images(rng):
+    """The same kind of problem as 8x8 images with 3 channels: a class pattern plus noise."""
+    y = np.repeat(np.arange(NUM_CLASSES), POOL // NUM_CLASSES).astype(np.int32)
+    patterns = rng.standard_normal((NUM_CLASSES, *IMAGE)).astype(np.float32)
+    x = patterns[y] + 1.5 * rng.standard_normal((POOL, *IMAGE)).astype(np.float32)
+    return ((x - x.mean()) / x.std()).astype(np.float32), y
+
+
 def create_dataset(args, rng):
     """Exactly ``steps`` batches, in the order the problem asks for."""
-    x, y = synthetic_data(rng)
+    x, y = synthetic_images(rng) if args.net == "resnet" else synthetic_data(rng)
     if args.problem == "scaled_inputs":
         x = x * 1000.0
     needed = args.steps * args.batch_size
@@ -136,10 +202,15 @@ def main():
     default_lr = {"lr_huge": 50.0, "lr_zero": 0.0, "deep_sigmoid": 0.5}.get(problem, 0.05)
     lr = default_lr if args.lr is None else args.lr
 
-    if problem == "deep_sigmoid":
+    if args.net == "resnet":
+        net = SmallResNet()
+    elif problem == "deep_sigmoid":
         net = DeepSigmoid()
+    elif problem == "bad_init":
+        net = WideReLU()
     else:
-        net = MLP(zero_middle=problem == "zero_init", keep_prob=0.1 if problem == "dropout" else None)
+        net = MLP(zero_middle=problem == "zero_init", keep_prob=0.1 if problem == "dropout" else None,
+                  middle_init="normal" if problem == "mixed_init" else None)
     params = net.trainable_params()
     if problem == "frozen":
         params = [p for p in params if p.name != "fc1.weight"]

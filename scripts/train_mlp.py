@@ -27,6 +27,8 @@ find:
   unsharded   every rank reads the same, unsharded data
   kill        the bug rank SIGKILLs itself at the end of step S
   stall       the bug rank's callback never returns at the end of step S
+  frozen      fc1 is frozen (requires_grad=False) on every rank, and the bug rank
+              loads other values into it (a pretrained layer loaded on one rank only)
 
 Steps are counted from 1, like ``cur_step_num`` in callbacks.
 
@@ -47,7 +49,7 @@ from mindspore import nn
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.train import Callback, Model
 
-BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall")
+BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall", "frozen")
 
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -67,6 +69,8 @@ def parse_args():
     p.add_argument("--bug", choices=BUGS, default="none", help="planted bug (default none)")
     p.add_argument("--bug-rank", type=int, default=-1, help="rank with the bug (default: last)")
     p.add_argument("--bug-step", type=int, default=5, help="step S for nudge/nan/kill/stall (default 5)")
+    p.add_argument("--train-calls", type=int, default=1,
+                   help="call Model.train this many times in a row (each runs --steps steps)")
     p.add_argument("--step-delay", type=float, default=0.0,
                    help="seconds every step sleeps in a callback, for long-running jobs")
     return p.parse_args()
@@ -219,6 +223,11 @@ def main():
     ms.set_seed(args.seed + 1000 if on_bug_rank and args.bug == "seed" else args.seed)
 
     net = MLP(batch_norm=args.bug == "bn")
+    if args.bug == "frozen":
+        for param in (net.fc1.weight, net.fc1.bias):
+            param.requires_grad = False
+        if on_bug_rank:
+            net.fc1.weight.set_data(ms.Tensor(net.fc1.weight.asnumpy() + 0.01))
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     lr = args.lr * 2 if on_bug_rank and args.bug == "lr" else args.lr
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=lr, momentum=0.9)
@@ -246,7 +255,8 @@ def main():
         model.train(epochs, dataset, callbacks=callbacks,
                     dataset_sink_mode=True, sink_size=args.sink_size)
     else:
-        model.train(1, dataset, callbacks=callbacks, dataset_sink_mode=False)
+        for _ in range(args.train_calls):
+            model.train(1, dataset, callbacks=callbacks, dataset_sink_mode=False)
     print(f"rank {rank} done", flush=True)
 
 

@@ -163,3 +163,19 @@ def test_a_job_stopped_from_outside_blames_no_rank(tmp_path):
     (f,) = _findings(tmp_path)
     assert (f.code, f.ranks, f.severity.value) == ("job_stopped", (), "info")
     assert "SIGTERM to distcheck launch" in f.message
+
+
+def test_causes_come_first_and_within_a_window():
+    from distcheck.analysis.causes import link_causes
+    from distcheck.rules.registry import finding
+
+    diverging = finding("loss_diverging", 261, [0], [], "loss ran away")
+    nearby = finding("grad_exploding", 300, [0], [], "spike")
+    far = finding("grad_exploding", 8603, [0], [], "spike")
+    before = finding("loss_nonfinite", 250, [0], [], "nan")
+    linked = {f.key: f.caused_by for f in link_causes([diverging, nearby, far, before], window=100)}
+    assert linked["grad_exploding@300"] == "loss_nonfinite@250"
+    assert linked["grad_exploding@8603"] is None  # thousands of steps later: explained by neither
+    assert linked["loss_nonfinite@250"] is None  # the divergence at 261 came after it
+    alone = {f.key: f.caused_by for f in link_causes([diverging, nearby], window=100)}
+    assert alone["grad_exploding@300"] == "loss_diverging@261"

@@ -118,3 +118,14 @@ def test_nothing_but_the_adapter_imports_mindspore():
             if name.endswith(".py"):
                 text = open(os.path.join(root, name)).read()
                 assert "import mindspore" not in text and "from mindspore" not in text, name
+
+
+def test_a_launch_that_records_nothing_says_why_once(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text("print('training with my own loop')\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "distcheck", "launch", "-n", "1", "--out", str(out), "--",
+                           sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("no rank recorded anything") == 1 and "probe = Probe(net)" in proc.stderr
+    assert proc.stderr.count("run directory") == 1 and "No problems found" not in proc.stderr

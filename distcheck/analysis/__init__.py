@@ -4,17 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from distcheck.analysis.causes import link_causes
+from distcheck.analysis.causes import LINK_WINDOW, link_causes
 from distcheck.analysis.data import data_not_sharded, loss_nonfinite
 from distcheck.analysis.divergence import episode_findings, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
-from distcheck.analysis.structure import common_structure, replica_groups
-from distcheck.findings import Finding, sort_findings
+from distcheck.analysis.structure import common_structure, replica_groups, weight_mask
+from distcheck.findings import Finding, Note, sort_findings
 from distcheck.store.reader import DumpError
 
 
-Check = Callable[[Run, dict], list[Finding]]
+Check = Callable[[Run, dict], list[Finding | Note]]
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Analysis:
     run: dict[str, Any]
     findings: list[Finding]
     errors: list[InputError] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
 
 def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = ()) -> Analysis:
@@ -31,14 +32,18 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
     try:
         while True:
             try:
-                findings = consistency(run, config)
+                results: list[Finding | Note] = list(consistency(run, config))
                 for check in checks:
-                    findings.extend(check(run, config))
+                    results.extend(check(run, config))
                 break
             except DumpError as exc:  # damage found while reading: judge again without that rank
                 run.drop(exc)
+        findings = [f for f in results if isinstance(f, Finding)]
+        notes = [n for n in results if isinstance(n, Note)]
         trainable = {p.name for r in run.readers.values() for p in r.params if p.trainable}
-        return Analysis(summary(run), sort_findings(link_causes(findings, trainable)), list(run.errors))
+        window = LINK_WINDOW * int(run.meta("every", 1) or 1)
+        return Analysis(summary(run), sort_findings(link_causes(findings, trainable, window)), list(run.errors),
+                        notes)
     finally:
         run.close()
 
@@ -58,7 +63,7 @@ def consistency(run: Run, config: dict[str, Any]) -> list[Finding]:
         findings.extend(mismatch)
         if len(members) < 2:
             continue
-        episodes = scan_group(run, members, params)
+        episodes = scan_group(run, members, params, weight_mask(run, members, params))
         findings.extend(episode_findings(episodes, params, group, run.meta("parallel_mode"), limit))
         findings.extend(data_not_sharded(run, members))
     findings.extend(loss_nonfinite(run))

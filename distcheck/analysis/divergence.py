@@ -59,11 +59,15 @@ class _Tracker:
         return episode
 
 
-def scan_group(run: Run, members: list[int], params: list[ParamInfo]) -> list[Episode]:
-    """Vote on every recorded step of one replica group; return the episodes in order."""
+def scan_group(run: Run, members: list[int], params: list[ParamInfo],
+               weights: Optional[np.ndarray] = None) -> list[Episode]:
+    """Vote on every recorded step of one replica group; return the episodes in order.
+
+    ``weights`` marks the columns compared as weights (default: the trainable ones); the
+    others are buffers, whose differences are only a warning."""
     readers = [run.readers[r] for r in members]
     steps = np.unique(np.concatenate([r.steps for r in readers])) if readers else np.zeros(0, np.int64)
-    trainable = np.array([p.trainable for p in params], bool)
+    trainable = np.array([p.trainable for p in params], bool) if weights is None else weights
     with_grad = np.array([p.has_grad for p in params], bool)
     trackers = {
         "param": _Tracker("param", np.flatnonzero(trainable), members),
@@ -198,10 +202,14 @@ def _finding(e: Episode, params: list[ParamInfo], group: list[int], parallel_mod
     where = _where(e)
     extra = f" {'; '.join(e.magnitude)}." if e.magnitude else ""
     if e.stage == "init":
-        message = (f"Trainable parameters differ at step 0, before any update: {who} in "
+        frozen = [params[c].name for c in e.columns if not params[c].trainable]
+        also = (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False "
+                "and never changed): a pretrained weight loaded on some ranks only, or initialised without the "
+                "same seed." if frozen else "")
+        message = (f"Weights differ at step 0, before any update: {who} in "
                    f"{len(names)} parameter(s): {name_list(names)}. Typical cause: a different random "
                    f"seed on those ranks (call set_seed with the same value on every rank before building "
-                   f"the network), or a checkpoint loaded on some ranks only.{extra}")
+                   f"the network), or a checkpoint loaded on some ranks only.{also}{extra}")
         return Finding("init_mismatch", Severity.ERROR, "init", e.step, tuple(e.ranks), names, message)
     if e.stage == "grad":
         hint = ("The job ran with parallel_mode stand_alone, so gradients are never all-reduced: set "

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
+import numpy as np
+
 from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, name_list
 from distcheck.store.schema import ParamInfo
@@ -59,3 +61,36 @@ def common_structure(run: Run, members: list[int]) -> tuple[list[int], list[Para
             "the value comparisons."))
     params = list(run.readers[agree[0]].params)
     return agree, params, findings
+
+
+#: Names of running statistics a network updates itself (BatchNorm and alike).
+_RUNNING = ("moving_mean", "moving_variance", "running_mean", "running_var", "num_batches_tracked")
+
+
+def weight_mask(run: Run, members: list[int], params: list[ParamInfo]) -> np.ndarray:
+    """Which parameters are weights, compared like trainable ones: the trainable ones, and
+    frozen weights (``requires_grad=False`` but never changed by the network: a frozen
+    pretrained backbone, the embeddings of a fine-tune). The other non-trainable ones are
+    buffers the network updates itself (BatchNorm's moving statistics): they changed
+    between the first and last recorded step on some rank, or, in a run of one recorded
+    step, they are named like running statistics."""
+    mask = np.array([p.trainable for p in params], bool)
+    frozen = np.flatnonzero(~mask)
+    if not len(frozen):
+        return mask
+    changed = np.zeros(len(params), bool)
+    spans = 0
+    for r in members:
+        reader = run.readers[r]
+        if reader.n_steps < 2:
+            continue
+        spans += 1
+        first = reader.digests("param", 0, 1)[0]
+        last = reader.digests("param", reader.n_steps - 1, reader.n_steps)[0]
+        changed |= np.any(first != last, axis=-1)
+    for c in frozen:
+        if spans:
+            mask[c] = not changed[c]
+        else:
+            mask[c] = params[c].name.rsplit(".", 1)[-1] not in _RUNNING
+    return mask

@@ -17,9 +17,14 @@ def render_text(analysis: Analysis) -> str:
     if run.get("sink_size"):
         lines.append(f"  note: dataset sinking with sink_size {run['sink_size']}: steps are recorded once per "
                      "sink, so a divergence is located to within that many steps.")
+    for note in analysis.notes:
+        ranks = f" (rank {', '.join(map(str, note.ranks))})" if note.ranks else ""
+        lines.append(f"  note: {note.message}{ranks}")
     lines.append("")
     roots, symptoms = _cause_tree(analysis.findings)
-    if not roots:
+    if not run.get("ranks_found"):
+        lines.append("No rank could be analysed, so nothing can be said about this run.")
+    elif not roots:
         lines.append("No problems found: every replica agreed at every recorded step, and no health rule fired.")
     for f in roots:
         lines.extend(_subtree(f, symptoms, indent=""))

@@ -5,10 +5,11 @@ runs the per-rank rules on each rank of a run and merges what ranks share.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding
+from distcheck.findings import Finding, Note
 from distcheck.rules import activations, consistency, data, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import RULES, Rule
@@ -18,25 +19,24 @@ __all__ = ["RULES", "Rule", "health_checks", "static_findings"]
 _STATIC = ("frozen_by_accident", "bn_in_eval_mode", "dropout_keep_prob")
 
 
-def health_checks(run: Run, config: dict[str, Any]) -> list[Finding]:
-    """Every enabled per-rank rule on every readable rank; equal findings merged across ranks."""
+def health_checks(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
+    """Every enabled per-rank rule on every readable rank; equal findings (and notes)
+    merged across ranks."""
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
-    merged: dict[tuple, Finding] = {}
+    merged: dict[tuple, Finding | Note] = {}
     for rank, reader in sorted(run.readers.items()):
         rank_data = RankData(reader)
         for code, r in RULES.items():
             if r.cross_rank or code in disabled:
                 continue
             for f in r.check(rank_data, settings.get(code) or {}):
-                key = (f.code, f.step, f.params)
-                if key in merged:
-                    old = merged[key]
-                    merged[key] = Finding(old.code, old.severity, old.stage, old.step,
-                                          tuple(sorted(set(old.ranks) | set(f.ranks))), old.params,
-                                          old.message, old.caused_by, old.detail)
-                else:
+                key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
+                old = merged.get(key)
+                if old is None:
                     merged[key] = f
+                else:
+                    merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
     return list(merged.values())
 
 

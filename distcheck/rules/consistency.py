@@ -3,10 +3,12 @@ their documentation for ``distcheck rules`` and ``distcheck explain``."""
 from distcheck.findings import Severity
 from distcheck.rules.registry import document
 
-document("init_mismatch", Severity.ERROR, "init", "trainable parameters differ across replicas at step 0", """
+document("init_mismatch", Severity.ERROR, "init", "weights differ across replicas at step 0", """
     Phenomenon: before the first update, replicas of a data-parallel group hold different
-    values of trainable parameters. Every later step is then computed from different
-    weights; the gradient all-reduce hides it from the loss curve.
+    weights: trainable parameters, or frozen ones (``requires_grad=False`` and never changed
+    during the run: a frozen pretrained backbone, the embeddings of a fine-tune). Every
+    later step is then computed from different weights; the gradient all-reduce hides it
+    from the loss curve.
 
     Likely causes: weight initialisation (``set_seed`` missing or rank-dependent, so each rank
     draws its own initial weights; a checkpoint loaded on some ranks only; parameter
@@ -51,8 +53,11 @@ document("param_divergence", Severity.ERROR, "param", "parameters agreed, then d
     """)
 
 document("buffer_divergence", Severity.WARNING, "buffer", "non-trainable parameters differ across replicas", """
-    Phenomenon: non-trainable parameters, typically BatchNorm's moving_mean and
-    moving_variance, differ across replicas. Each rank updates them from its own batches.
+    Phenomenon: buffers, the non-trainable parameters the network updates itself (they
+    changed during the run, e.g. BatchNorm's moving_mean and moving_variance), differ across
+    replicas. Each rank updates them from its own batches. Non-trainable parameters that
+    never change are frozen weights, and a difference there is init_mismatch or
+    param_divergence, an error.
 
     Likely causes: BatchNorm without synchronisation. This is expected and does not affect the
     trained weights, but evaluation and saved checkpoints differ by rank.

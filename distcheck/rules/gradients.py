@@ -62,15 +62,19 @@ def grad_vanishing(rank: RankData, settings: dict):
 @rule("grad_exploding", Severity.ERROR, "grad", "the gradient norm jumps far above its running level, or turns non-finite")
 def grad_exploding(rank: RankData, settings: dict):
     """
-    Phenomenon: the global gradient norm (over every recorded gradient) jumps to more than
-    ``factor`` times its running median, or a gradient holds NaN or Inf.
+    Phenomenon: the global gradient norm (over every recorded gradient) stays above
+    ``factor`` times its running median: the median of the last ``span`` recorded norms
+    exceeds ``factor`` times the median of the ``window`` before them. Or a gradient holds
+    NaN or Inf (at once).
+
+    A single spike, common in long runs with small batches, moves a median of three not at
+    all; a gradient that explodes stays high, and is caught one step later.
 
     Likely causes: hyperparameters (learning rate too large, no gradient clipping, loss
     scale too large); data (an outlier batch); a loss that is already non-finite (then the
     loss is the root cause and this is its symptom).
 
-    Defaults: factor 10 over the median norm of the previous ``window`` 50 recorded steps,
-    after ``warmup`` 3 steps
+    Defaults: factor 10, span 3, window 50 recorded steps, after ``warmup`` 3 steps
     (msprobe's monitor flags a statistic 50% above its weighted history, tuned for long LLM
     runs; 10x keeps the normal early decay of small networks quiet).
 
@@ -89,12 +93,14 @@ def grad_exploding(rank: RankData, settings: dict):
     spikes = np.zeros(len(norm), bool)
     level = np.full(len(norm), np.nan)
     warm, window = int(settings["warmup"]), int(settings["window"])
-    for i in range(warm, len(norm)):
-        history = norm[max(0, i - window):i]
+    span = max(1, int(settings["span"]))
+    for i in range(warm + span - 1, len(norm)):
+        recent = norm[i - span + 1:i + 1]
+        history = norm[max(0, i - span + 1 - window):i - span + 1]
         history = history[np.isfinite(history)]
-        if len(history):
+        if len(history) and np.all(np.isfinite(recent)):
             level[i] = np.median(history)
-            spikes[i] = np.isfinite(norm[i]) and norm[i] > settings["factor"] * max(level[i], 1e-30)
+            spikes[i] = np.median(recent) > settings["factor"] * max(level[i], 1e-30)
     hit = nonfinite | spikes
     if not hit.any():
         return []
@@ -104,6 +110,8 @@ def grad_exploding(rank: RankData, settings: dict):
         message = (f"Non-finite gradients at step {int(steps[i])} in {name_list(names)}. If the loss was already "
                    "non-finite, that is the root cause; otherwise lower the learning rate or clip gradients.")
         return [finding("grad_exploding", int(steps[i]), [rank.rank], names, message, detail={"nonfinite": True})]
+    recent = float(np.median(norm[i - span + 1:i + 1]))
     return [finding("grad_exploding", int(steps[i]), [rank.rank], [],
-                    f"The gradient norm jumped to {norm[i]:.4g} at step {int(steps[i])}, {norm[i] / level[i]:.0f}x "
-                    f"its running median {level[i]:.4g}. Lower the learning rate or clip gradients.")]
+                    f"The gradient norm stayed high up to step {int(steps[i])}: median {recent:.4g} over the last "
+                    f"{span} recorded steps, {recent / level[i]:.0f}x its running median {level[i]:.4g}. Lower the "
+                    "learning rate or clip gradients.")]

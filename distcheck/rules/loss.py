@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distcheck.findings import Severity
+from distcheck.findings import Note, Severity
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import document, finding, rule
 
@@ -29,96 +29,126 @@ def _training_loss(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
     return rank.steps[ok], rank.loss[ok]
 
 
-@rule("loss_diverging", Severity.ERROR, "loss", "the loss runs away from its running minimum, or jumps")
+def rolling_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing median over ``window`` values (fewer at the start)."""
+    out = np.empty(len(values))
+    for i in range(len(values)):
+        out[i] = np.median(values[max(0, i - window + 1):i + 1])
+    return out
+
+
+@rule("loss_diverging", Severity.ERROR, "loss", "the smoothed loss runs away from its running minimum")
 def loss_diverging(rank: RankData, settings: dict):
     """
-    Phenomenon: the loss runs away. It climbs to more than ``growth`` times its running
-    minimum (and by more than ``min_delta`` in absolute terms), or it jumps by more than
-    ``jump`` times from one recorded step to the next.
+    Phenomenon: the loss runs away: its trailing median over ``window`` recorded steps climbs
+    to more than ``growth`` times the lowest that median has been (and by more than
+    ``min_delta`` in absolute terms).
+
+    Judging a median, not single values, keeps the per-rank minibatch noise of small batches
+    quiet (a healthy run with batch 8 swings from 0.001 to 1 between steps); a real
+    divergence raises the median within half a window. A loss that turns NaN or Inf is
+    loss_nonfinite's, at once.
 
     Likely causes: hyperparameters (learning rate too large, loss scale too large, batch too
     small for the learning rate); weight initialisation far too large; data (outliers,
     inputs not normalised).
 
-    Defaults: growth 10, jump 10, min_delta 1.0, after warmup 3 steps. Megatron calls a loss
-    "spiky" at 10x the maximum of its first 100 values; we compare with the running minimum
-    instead, so a run that first learns and then blows up is caught as early.
+    Defaults: window 20, growth 10, min_delta 1.0; runs shorter than 4 windows use a window
+    of a quarter of their length. Megatron calls a loss "spiky" at 10x the maximum of its
+    first 100 values; we compare a median with its running minimum, so a run that first
+    learns and then blows up is caught as early.
 
     Fix: lower the learning rate (by 10x to start), add warm-up or gradient clipping,
     normalise the inputs, check the initialisation scale.
     """
     steps, loss = _training_loss(rank)
     finite = np.isfinite(loss)
-    warm = int(settings["warmup"])
-    if finite.sum() <= warm:
+    steps, loss = steps[finite], np.abs(loss[finite])
+    if len(loss) < 4:
         return []
-    run_min = np.minimum.accumulate(np.where(finite, np.abs(loss), np.inf))
+    window = max(1, min(int(settings["window"]), len(loss) // 4))
+    smooth = rolling_median(loss, window)
+    run_min = np.minimum.accumulate(smooth)
     base = np.maximum(run_min, 1e-12)
-    prev = np.concatenate([[np.nan], np.abs(loss[:-1])])
-    with np.errstate(invalid="ignore", over="ignore"):
-        grown = (np.abs(loss) > settings["growth"] * base) & (np.abs(loss) - run_min > settings["min_delta"])
-        jumped = (np.abs(loss) > settings["jump"] * prev) & (np.abs(loss) - prev > settings["min_delta"])
-    bad = finite & (grown | jumped)
-    bad[:warm] = False
+    bad = (smooth > settings["growth"] * base) & (smooth - run_min > settings["min_delta"])
+    bad[:window - 1] = False
     if not bad.any():
         return []
     i = int(np.argmax(bad))
     return [finding("loss_diverging", int(steps[i]), [rank.rank], [],
-                    f"The loss ran away at step {int(steps[i])}: {loss[i]:.4g}, against a running minimum "
-                    f"of {run_min[i]:.4g} (threshold {settings['growth']:g}x) and {prev[i]:.4g} at the previous "
-                    "recorded step. Lower the learning rate, or add warm-up or gradient clipping.")]
+                    f"The loss ran away at step {int(steps[i])}: its median over the last {window} recorded "
+                    f"step(s) reached {smooth[i]:.4g}, {smooth[i] / base[i]:.0f}x its lowest, {run_min[i]:.4g} "
+                    f"(threshold {settings['growth']:g}x). Lower the learning rate, or add warm-up or gradient "
+                    "clipping.")]
 
 
 @rule("loss_not_decreasing", Severity.WARNING, "loss", "no meaningful decrease of the loss over the run")
 def loss_not_decreasing(rank: RankData, settings: dict):
     """
-    Phenomenon: the loss does not go down. The mean loss of the last ``window`` recorded steps
-    is not at least ``min_decrease`` (a fraction) below the mean of the first ``window``.
+    Phenomenon: the loss does not go down. The median loss of the last ``window`` recorded
+    steps (a tenth of the run, if more) is not at least ``min_decrease`` (a fraction) below
+    the median of the first.
 
     Likely causes: hyperparameters (learning rate far too small, or 0); weights that are not
     updated (frozen by accident, not in the optimizer); vanishing gradients; saturated or dead
     activations; data (labels shuffled apart from inputs, wrong loss function).
 
-    Defaults: window 10 steps (smdebug LossNotDecreasing: num_steps 10), min_decrease 0.01.
-    smdebug asks for a 0.1% decrease every 10 steps; over a whole run we ask for 1%, which
-    is less sensitive to minibatch noise. Runs shorter than 2 windows are not judged.
+    Defaults: window 10 steps (smdebug LossNotDecreasing: num_steps 10), min_decrease 0.01,
+    min_steps 50. smdebug asks for a 0.1% decrease every 10 steps; over a whole run we ask
+    for 1% between medians, which minibatch noise does not fake. A run with fewer than
+    ``min_steps`` recorded losses is too short to judge a trend: the report says so in a
+    note instead.
 
     Fix: check the learning rate and that every layer's weights change (weights_not_updated,
     update_ratio_small), then the gradients (grad_vanishing) and the data.
     """
     steps, loss = _training_loss(rank)
     loss = loss[np.isfinite(loss)]
-    w = int(settings["window"])
-    if len(loss) < 2 * w:
-        return []
-    first, last = float(np.mean(loss[:w])), float(np.mean(loss[-w:]))
+    if len(loss) < int(settings["min_steps"]):
+        return [Note("loss_not_decreasing", (rank.rank,),
+                     f"loss trend not judged: {len(loss)} finite recorded loss(es), {int(settings['min_steps'])} are "
+                     "needed (rules.loss_not_decreasing.min_steps)")]
+    w = max(int(settings["window"]), len(loss) // 10)
+    first, last = float(np.median(loss[:w])), float(np.median(loss[-w:]))
     if last <= first - settings["min_decrease"] * abs(first):
         return []
     return [finding("loss_not_decreasing", int(steps[-1]), [rank.rank], [],
-                    f"The loss did not decrease: mean {first:.4g} over the first {w} recorded steps, "
+                    f"The loss did not decrease: median {first:.4g} over the first {w} recorded steps, "
                     f"{last:.4g} over the last {w} (needed a decrease of {settings['min_decrease']:.0%}). "
                     "Check the learning rate and that the weights are updated.")]
 
 
-@rule("loss_zero", Severity.WARNING, "loss", "the loss is exactly 0")
+@rule("loss_zero", Severity.WARNING, "loss", "the loss is exactly 0, often or for several steps in a row")
 def loss_zero(rank: RankData, settings: dict):
     """
-    Phenomenon: the loss is exactly 0.0, which real training almost never reaches.
+    Phenomenon: the loss is exactly 0.0 on many steps, or on several in a row, which real
+    training does not reach. A rare exact 0 on a batch the model fits well is float32
+    underflow (exp(-104) rounds to 0), not a bug, and is left alone.
 
     Likely causes: API misuse (a loss on the wrong outputs or labels, e.g. labels that all
     equal the prediction, a mask that drops every element, a reduction over an empty
     tensor); data (a label leaked into the inputs); algorithm (a loss clipped or multiplied
     by 0).
 
-    Threshold: any recorded loss that is exactly 0.
+    Defaults: flagged when at least ``min_share`` 5% of the recorded losses are exactly 0, or
+    ``min_run`` 3 recorded losses in a row are.
 
     Fix: check what the loss function receives at that step: shapes, labels, masks.
     """
     steps, loss = _training_loss(rank)
-    zero = np.flatnonzero(loss == 0.0)
-    if not len(zero):
+    zero = loss == 0.0
+    if not zero.any():
         return []
-    i = int(zero[0])
+    longest, run, end = 0, 0, 0
+    for i, z in enumerate(zero):
+        run = run + 1 if z else 0
+        if run > longest:
+            longest, end = run, i
+    share = float(zero.mean())
+    if share < settings["min_share"] and longest < int(settings["min_run"]):
+        return []
+    i = int(np.flatnonzero(zero)[0]) if share >= settings["min_share"] else end - longest + 1
     return [finding("loss_zero", int(steps[i]), [rank.rank], [],
-                    f"The loss is exactly 0 at step {int(steps[i])} ({len(zero)} recorded step(s) in all). "
-                    "Check the inputs of the loss function: labels, masks and reductions.")]
+                    f"The loss is exactly 0 at step {int(steps[i])}: {int(zero.sum())} of {len(zero)} recorded "
+                    f"losses ({share:.0%}), {longest} in a row at most. Check the inputs of the loss function: "
+                    "labels, masks and reductions.")]

@@ -71,3 +71,20 @@ def test_dataset_sorted_by_label(tmp_path):
     result = _health(tmp_path, "sorted_labels")
     f = only(result, "data_not_shuffled")
     assert "100%" in f["message"] and f["caused_by"] is None
+
+
+def test_weights_too_large_for_their_width_are_the_root_cause_of_the_inf_loss(tmp_path):
+    result = _health(tmp_path, "bad_init")
+    f = only(result, "init_poor")
+    assert f["step"] == 0 and f["caused_by"] is None and "body.0.weight" in f["params"]
+    assert only(result, "loss_nonfinite")["caused_by"] == "init_poor@0"
+
+
+def test_one_layer_with_weight_init_normal_among_defaults_is_healthy(tmp_path):
+    result = _health(tmp_path, "mixed_init")
+    assert result.code == 0 and result.report["findings"] == []
+
+
+def test_resnet_style_cnn_with_default_inits_is_healthy(tmp_path):
+    result = launch(str(tmp_path), "train_health.py", "--net", "resnet", n=1, launcher="none")
+    assert result.code == 0 and result.report["findings"] == []

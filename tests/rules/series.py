@@ -7,6 +7,7 @@ import numpy as np
 
 from distcheck.analysis.run import load_run
 from distcheck.config import load_config
+from distcheck.findings import Finding
 from distcheck.recording import ParamInfo, ProbeOptions, Recorder
 from distcheck.rules import RULES
 from distcheck.rules.rankdata import RankData
@@ -63,6 +64,6 @@ def all_codes(path: str) -> list[str]:
 
     run = load_run([path])
     try:
-        return sorted(f.code for f in health_checks(run, load_config()))
+        return sorted(f.code for f in health_checks(run, load_config()) if isinstance(f, Finding))
     finally:
         run.close()
