@@ -5,6 +5,7 @@ Exit codes are :class:`distcheck.exits.ExitCode` (also in the README).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -25,7 +26,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ExitCode.INPUT
     except KeyboardInterrupt:
         print("distcheck: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`distcheck rules | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:

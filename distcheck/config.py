@@ -26,6 +26,7 @@ def load_config(path: Optional[str] = None) -> dict[str, Any]:
     user = _read(path)
     _merge(config, user, path, prefix="")
     _check_replica_groups(config.get("replica_groups"), path)
+    _check_labels(config.get("labels"), path)
     return config
 
 
@@ -77,6 +78,13 @@ def _coerce(default: Any, value: Any, path: str, where: str) -> Any:
     elif isinstance(default, type(value)):
         return value
     raise ConfigError(f"{path}: '{where}' must be {type(default).__name__}, got {value!r}")
+
+
+def _check_labels(labels: Any, path: str) -> None:
+    if labels is None or labels == "none" or (isinstance(labels, int) and not isinstance(labels, bool)):
+        return
+    raise ConfigError(f"{path}: 'labels' must be null (the last 1-D integer tensor), an index into the batch "
+                      f"such as 1 or -1, or \"none\"; got {labels!r}")
 
 
 def _check_replica_groups(groups: Any, path: str) -> None:

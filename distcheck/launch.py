@@ -59,7 +59,7 @@ def launch(args: argparse.Namespace, config: dict) -> int:
     run_dir = os.path.abspath(args.out or _fresh_run_dir())
     os.makedirs(run_dir, exist_ok=True)
     log(f"run directory {run_dir}")
-    env = _job_env(args, run_dir)
+    env = _job_env(args, run_dir, config)
     job = {"command": cmd, "launcher": launcher, "nproc": args.nproc, "start_time": time.time(),
            "stall_timeout": args.stall_timeout, "host": socket.gethostname()}
     write_json(job_path(run_dir), job)
@@ -206,7 +206,12 @@ def _fresh_run_dir() -> str:
     return path
 
 
-def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
+def _labels(setting) -> str:
+    """The config's ``labels`` (null, "none" or an index) as the probes' option."""
+    return "auto" if setting is None else str(setting)
+
+
+def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, str]:
     env = dict(os.environ)
     steps = tuple(int(s) for s in args.full_steps.split(",") if s.strip()) if args.full_steps else ()
     stall_seconds = ProbeOptions.stall_seconds
@@ -216,7 +221,7 @@ def _job_env(args: argparse.Namespace, run_dir: str) -> dict[str, str]:
                            online_every=args.online_every, flush_seconds=args.flush_seconds,
                            activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1",
                            stall_seconds=stall_seconds, strict=args.strict,
-                           local_world=args.local_n or args.nproc)
+                           local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")))
     env.update(options.to_env())
     env[ENV_RUN_DIR] = run_dir
     if args.config:

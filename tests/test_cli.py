@@ -129,3 +129,15 @@ def test_a_launch_that_records_nothing_says_why_once(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("no rank recorded anything") == 1 and "probe = Probe(net)" in proc.stderr
     assert proc.stderr.count("run directory") == 1 and "No problems found" not in proc.stderr
+
+
+def test_labels_setting_is_checked(tmp_path):
+    from distcheck.config import ConfigError, load_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text("labels: -1\n")
+    assert load_config(str(good))["labels"] == -1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: last\n")
+    with pytest.raises(ConfigError, match="'labels' must be null"):
+        load_config(str(bad))

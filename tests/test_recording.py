@@ -190,3 +190,31 @@ def test_strict_makes_probe_errors_fatal(tmp_path, monkeypatch):
     rec.record(0, [np.zeros((3, 2), np.float32)])
     with pytest.raises(ProbeError, match="planted fault"):
         rec.record(1, [np.zeros((3, 2), np.float32)])
+
+
+def test_half_precision_parameters_get_update_norms(tmp_path):
+    params = [ParamInfo("h", (4,), "float16", True, True), ParamInfo("b", (4,), "bfloat16", True, True)]
+    rec = Recorder.open(str(tmp_path), SingleWorld(), params, {}, ProbeOptions())
+    values = [np.array([1, 2, 3, 4], np.float16), np.array([1, 2, 3, 4], np.float32)]
+    for step in range(3):
+        h = (values[0] + np.float16(0.5) * step).astype(np.float16)
+        b = ((values[1] + 0.5 * step).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # bf16 bits
+        rec.record(step, [h, b])
+    rec.close()
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        delta = r.stats("param")[:, :, -1]
+    assert np.isnan(delta[0]).all()
+    np.testing.assert_allclose(delta[1:], 1.0)  # each step moves 4 values by 0.5: L2 = 1
+
+
+def test_labels_are_never_token_ids_or_masks():
+    from distcheck.recording.summaries import labels_of
+
+    ids = np.zeros((4, 16), np.int32)  # (N, L) token ids
+    mask = np.ones((4, 16), np.int32)  # (N, L) attention mask
+    y = np.array([0, 1, 2, 3], np.int32)
+    assert labels_of([ids, mask, y]) is y
+    assert labels_of([ids, mask]) is None  # no labels rather than a mask
+    column = y.reshape(4, 1)
+    assert labels_of([ids, column]) is column
+    assert labels_of([ids, mask, y], "0") is ids and labels_of([ids, mask, y], "none") is None

@@ -29,6 +29,13 @@ def _env(name: str, default, parse):
         return default
 
 
+def _labels(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("auto", "none"):
+        return value
+    return str(int(value))
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
 
@@ -46,7 +53,8 @@ class ProbeOptions:
     ``strict``: a probe error stops the job instead of switching the probe off.
     ``local_world``: ranks sharing this run directory, when ``distcheck launch`` knows
     it (0: unknown); ranks then agree through files that each has a working probe
-    before their first collective check.
+    before their first collective check. ``labels``: which batch tensor holds the class
+    labels: "auto" (the last 1-D integer tensor), "none", or an index into the batch.
     """
 
     every: int = 1
@@ -58,6 +66,7 @@ class ProbeOptions:
     stall_seconds: float = 10.0
     strict: bool = False
     local_world: int = 0
+    labels: str = "auto"
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -73,6 +82,7 @@ class ProbeOptions:
             stall_seconds=max(0.5, _env("DISTCHECK_STALL_SECONDS", 10.0, float)),
             strict=_flag("DISTCHECK_STRICT"),
             local_world=max(0, _env("DISTCHECK_LOCAL_WORLD", 0, int)),
+            labels=_env("DISTCHECK_LABELS", "auto", _labels),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -86,4 +96,10 @@ class ProbeOptions:
             "DISTCHECK_STALL_SECONDS": str(self.stall_seconds),
             "DISTCHECK_STRICT": "1" if self.strict else "0",
             "DISTCHECK_LOCAL_WORLD": str(self.local_world),
+            "DISTCHECK_LABELS": self.labels,
         }
+
+    @property
+    def label_index(self) -> Optional[int]:
+        """The batch index of the labels, or None for "auto" and "none"."""
+        return int(self.labels) if self.labels not in ("auto", "none") else None

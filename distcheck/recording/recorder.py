@@ -199,7 +199,8 @@ class Recorder:
         full = writer.write_full if step in self.options.full_steps else None
         row = step_row(self.params, params, self._previous, grads, loss, batch, activations,
                        len(writer.activations), writer.label_counts,
-                       None if full is None else (lambda kind, i, a: full(step, kind, i, a)))
+                       None if full is None else (lambda kind, i, a: full(step, kind, i, a)),
+                       labels=self.options.labels)
         row[schema.SEGMENT] = self.numbering.segment
         writer.append(step, row)
         self._previous = params
@@ -292,5 +293,5 @@ def _attrs(world: World, meta: dict, options: ProbeOptions) -> dict:
         "start_time": time.time(),
         "distcheck_version": __version__,
         "meta": json.dumps({**meta, "python": platform.python_version(), "numpy": np.__version__,
-                            "comm": world.name, "every": options.every}),
+                            "comm": world.name, "every": options.every, "labels": options.labels}),
     }

@@ -17,12 +17,13 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
              previous: Optional[Sequence[np.ndarray]], grads: Optional[Sequence[Optional[np.ndarray]]],
              loss: Optional[float], batch: Optional[Sequence[np.ndarray]],
              activations: Optional[Sequence[np.ndarray]], n_activations: int,
-             label_counts: np.ndarray, write_full: Optional[FullWriter] = None) -> dict[str, object]:
+             label_counts: np.ndarray, write_full: Optional[FullWriter] = None,
+             labels: str = "auto") -> dict[str, object]:
     """The row of one step, keyed by dataset path (see :func:`schema.step_layout`)."""
     row: dict[str, object] = {}
     has = schema.HAS_PARAMS
     digests, stat_rows = summarise(params, values, "param", write_full)
-    update_norms(stat_rows, values, previous)
+    update_norms(stat_rows, values, previous, [p.dtype for p in params])
     row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
     rollups = [digest_rows(digests), (0, 0)]
     if grads is not None:
@@ -36,7 +37,7 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
         has |= schema.HAS_LOSS
     if batch is not None:
         row[schema.BATCH_DIGEST] = batch_digest(batch)
-        row[schema.INPUT_STATS], row[schema.LABEL_STATS] = batch_stats(batch, label_counts)
+        row[schema.INPUT_STATS], row[schema.LABEL_STATS] = batch_stats(batch, label_counts, labels)
         has |= schema.HAS_BATCH
     if activations is not None and len(activations) == n_activations:
         row[schema.ACT_STATS] = np.stack([np.asarray(a, np.float32).reshape(-1)[:4] for a in activations]) \
@@ -65,27 +66,54 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
 
 
 def update_norms(stat_rows: np.ndarray, params: Sequence[np.ndarray],
-                 previous: Optional[Sequence[np.ndarray]]) -> None:
-    """Fill the last column with the L2 norm of each parameter's change since ``previous``."""
+                 previous: Optional[Sequence[np.ndarray]], dtypes: Optional[Sequence[str]] = None) -> None:
+    """Fill the last column with the L2 norm of each parameter's change since ``previous``,
+    computed in float32 at least (float16 differences would round, bfloat16 arrives as bits)."""
     if previous is None or len(previous) != len(params):
         return
     for i, (now, before) in enumerate(zip(params, previous)):
-        if now is None or before is None or now.shape != before.shape or now.dtype.kind != "f":
+        if now is None or before is None or now.shape != before.shape:
             continue
-        change = (now - before).ravel()
+        bf16 = dtypes is not None and dtypes[i] == "bfloat16"
+        if not bf16 and now.dtype.kind != "f":
+            continue
+        change = (_float(now, bf16) - _float(before, bf16)).ravel()
         stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+
+
+def _float(array: np.ndarray, bf16: bool) -> np.ndarray:
+    if bf16:  # the bits of bfloat16 are the high half of a float32's
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array if array.dtype.itemsize >= 4 else array.astype(np.float32)
 
 
 def batch_digest(batch: Sequence[np.ndarray]) -> tuple[int, int]:
     return digest_rows(np.array([digest(np.asarray(x)) for x in batch], dtype=np.uint64))
 
 
-def batch_stats(batch: Sequence[np.ndarray], label_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of the inputs (the first floating tensor) and the labels (the last
-    integer tensor of at most 2 dimensions); adds the labels to ``label_counts``."""
+def labels_of(arrays: Sequence[np.ndarray], choice: str = "auto") -> Optional[np.ndarray]:
+    """The batch's class labels. "auto": the last integer tensor that is 1-D, or an (N, 1)
+    column; token ids and attention masks, (N, L) integer tensors, are never taken for
+    labels. "none": no labels. Else an index into the batch (an integer tensor only)."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        i = int(choice)
+        if not -len(arrays) <= i < len(arrays):
+            return None
+        chosen = arrays[i]
+        return chosen if chosen.dtype.kind in "iu" and chosen.size else None
+    return next((a for a in reversed(arrays) if a.dtype.kind in "iu" and a.size
+                 and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1))), None)
+
+
+def batch_stats(batch: Sequence[np.ndarray], label_counts: np.ndarray,
+                labels: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of the inputs (the first floating tensor) and the labels (see
+    :func:`labels_of`); adds the labels to ``label_counts``."""
     arrays = [np.asarray(x) for x in batch]
     inputs = next((a for a in arrays if a.dtype.kind == "f" and a.size), None)
-    labels = next((a for a in reversed(arrays) if a.dtype.kind in "iu" and a.ndim <= 2 and a.size), None)
+    labels = labels_of(arrays, labels)
     input_row = np.full(len(schema.INPUT_COLUMNS), np.nan, np.float32)
     if inputs is not None:
         lo, hi, mean, l2, nan, inf = stats(inputs)

@@ -52,7 +52,7 @@ document("param_divergence", Severity.ERROR, "param", "parameters agreed, then d
     parameters on some ranks.
     """)
 
-document("buffer_divergence", Severity.WARNING, "buffer", "non-trainable parameters differ across replicas", """
+document("buffer_divergence", Severity.WARNING, "buffer", "buffers the network updates itself differ across replicas", """
     Phenomenon: buffers, the non-trainable parameters the network updates itself (they
     changed during the run, e.g. BatchNorm's moving_mean and moving_variance), differ across
     replicas. Each rank updates them from its own batches. Non-trainable parameters that

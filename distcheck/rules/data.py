@@ -12,6 +12,14 @@ _IN = {name: i for i, name in enumerate(schema.INPUT_COLUMNS)}
 _LB = {name: i for i, name in enumerate(schema.LABEL_COLUMNS)}
 
 
+def label_source(rank: RankData) -> str:
+    """How the probe chose each batch's labels, for messages."""
+    choice = str(rank.meta.get("labels", "auto"))
+    if choice == "auto":
+        return "labels: each batch's last 1-D integer tensor; set `labels` in the config to choose another"
+    return f"labels: batch tensor {choice}, as configured"
+
+
 def _batches(rank: RankData, table: np.ndarray) -> np.ndarray:
     recorded = ((rank.has & schema.HAS_BATCH) != 0) & np.all(np.isfinite(table[:, :3]), axis=1)
     return table[recorded].astype(np.float64)
@@ -59,8 +67,10 @@ def input_not_normalized(rank: RankData, settings: dict):
 def class_imbalance(rank: RankData, settings: dict):
     """
     Phenomenon: some classes are seen far more often than others, so the model learns to
-    predict the common ones. Counted over every recorded batch's labels (the last integer
-    tensor of the batch, class ids 0..1023).
+    predict the common ones. Counted over every recorded batch's labels (class ids
+    0..1023): by default the batch's last 1-D integer tensor (or an (N, 1) column), so
+    token ids and attention masks are not taken for labels; the config's ``labels`` (an
+    index into the batch, or "none") chooses otherwise.
 
     Likely causes: data set (unbalanced classes, a filtering step that dropped a class);
     data processing (sharding or sampling that skews the classes).
@@ -85,8 +95,8 @@ def class_imbalance(rank: RankData, settings: dict):
         return []
     return [finding("class_imbalance", None, [rank.rank], [],
                     f"Labels are imbalanced: class {common} was seen {int(present[common])} times, class {rare} "
-                    f"{int(present[rare])} times ({ratio:.0f}x) over {total} labels. Rebalance the data or "
-                    "weight the loss.")]
+                    f"{int(present[rare])} times ({ratio:.0f}x) over {total} labels ({label_source(rank)}). "
+                    "Rebalance the data or weight the loss.")]
 
 
 @rule("data_not_shuffled", Severity.WARNING, "data", "consecutive batches look ordered by label")
@@ -119,5 +129,5 @@ def data_not_shuffled(rank: RankData, settings: dict):
     if share < settings["min_share"]:
         return []
     return [finding("data_not_shuffled", None, [rank.rank], [],
-                    f"{share:.0%} of the recorded batches hold (almost) a single label out of {classes} classes: "
-                    "the data is ordered by label. Shuffle the data set.")]
+                    f"{share:.0%} of the recorded batches hold (almost) a single label out of {classes} classes "
+                    f"({label_source(rank)}): the data is ordered by label. Shuffle the data set.")]
