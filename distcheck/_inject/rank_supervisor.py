@@ -6,8 +6,8 @@ the training script: ``python rank_supervisor.py train.py ARGS`` (or ``... pytho
 train.py ARGS``). It starts the real command with the same environment and open
 files, passes on SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, waits, writes
 ``ends/<host>-<child pid>.json`` in the run directory, and then ends the way its child
-did (the same exit code, or the same signal), so the launcher sees what it would have
-seen without it. msrun's scheduler process, which only runs the script up to
+did (the same exit code, or the same signal; 1.5 s later if that was a failure), so the
+launcher sees what it would have seen without it. msrun's scheduler process, which only runs the script up to
 ``init()``, is not supervised: the supervisor replaces itself with it.
 
 Only the standard library is imported before the child ends, so the supervisor costs
@@ -22,6 +22,8 @@ import sys
 import time
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: Seconds a supervisor waits after its child failed before it ends the same way.
+HOLD_AFTER_FAILURE = 1.5
 
 
 def _command(argv):
@@ -49,6 +51,11 @@ def main(argv):
         signal.signal(signum, forward)
     code = child.wait()
     _record(run_dir, child.pid, code)
+    if code != 0:
+        # The launcher kills the other ranks as soon as it sees this one fail. Waiting a
+        # moment lets their heartbeat threads write the rows of the steps they completed
+        # (they do half a second after training pauses) before that happens.
+        time.sleep(HOLD_AFTER_FAILURE)
     if code < 0:  # end by the same signal
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
