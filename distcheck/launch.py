@@ -69,8 +69,8 @@ def launch(args: argparse.Namespace, config: dict) -> int:
         procs = _start_mpirun(args, cmd, run_dir, env)
     else:
         procs = [_spawn([sys.executable, SUPERVISOR, *cmd], env)]
-    code, stopped_by = _supervise(procs, run_dir, args.stall_timeout)
-    job.update(end_time=time.time(), exit_code=code, stopped_by=stopped_by)
+    code, stopped_by, stop_time = _supervise(procs, run_dir, args.stall_timeout)
+    job.update(end_time=time.time(), exit_code=code, stopped_by=stopped_by, stop_time=stop_time)
     write_json(job_path(run_dir), job)
     if stopped_by is None and code != 0:
         log(f"the job failed (exit code {code}); logs: {os.path.join(run_dir, 'logs')}")
@@ -110,8 +110,10 @@ def _nothing_recorded(cmd: list[str], nproc: int, launcher: str, code: int, run_
 
 
 # -- watching the job ------------------------------------------------------------------
-def _supervise(procs: list[subprocess.Popen], run_dir: str, stall_timeout: Optional[float]) -> tuple[int, Optional[str]]:
-    """Wait for the job. Returns (the launcher's exit code, why it was stopped or None)."""
+def _supervise(procs: list[subprocess.Popen], run_dir: str,
+               stall_timeout: Optional[float]) -> tuple[int, Optional[str], Optional[float]]:
+    """Wait for the job. Returns the launcher's exit code, and why and when launch
+    stopped the job (None, None if it ended by itself)."""
     from distcheck.processes import kill_job, stop_job
 
     main = procs[-1]  # the launcher whose exit code is the job's
@@ -135,15 +137,17 @@ def _supervise(procs: list[subprocess.Popen], run_dir: str, stall_timeout: Optio
             if requests:
                 name = signal_name(requests[0])
                 log(f"{name} received: stopping the job (every rank closes its dump; at most {STOP_GRACE:g} s)")
+                stopped = time.time()
                 stop_job(procs, grace=STOP_GRACE)
-                return main.wait(), name
+                return main.wait(), name, stopped
             if stall is not None and stall.stalled():
                 log(stall.describe() + "; stopping the job")
+                stopped = time.time()
                 stop_job(procs, grace=STOP_GRACE)
-                return main.wait(), "stall_timeout"
+                return main.wait(), "stall_timeout", stopped
         for proc in procs[:-1]:  # mpirun's scheduler: give it time to leave on its own
             _finish(proc, grace=30 if code == 0 else 5)
-        return code, None
+        return code, None, None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

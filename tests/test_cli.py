@@ -98,6 +98,8 @@ import sys
 sys.modules["mindspore"] = None  # any import of it now fails
 import distcheck, distcheck.cli, distcheck.analysis, distcheck.report.text, distcheck.report.json_report
 import distcheck.launch, distcheck.recording, distcheck.store.reader, distcheck.store.writer, distcheck.config
+import distcheck.watch, distcheck.processes, distcheck.store.live, distcheck.store.sidecars
+import distcheck.recording.recorder, distcheck.recording.lifecycle, distcheck.recording.heartbeat
 sys.argv = ["distcheck", "--help"]
 try:
     distcheck.cli.main()
