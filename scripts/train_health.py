@@ -37,7 +37,7 @@ import mindspore as ms
 import mindspore.dataset as ds
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal
-from mindspore.train import Callback, Model
+from mindspore.train import Callback, FixedLossScaleManager, Model
 
 PROBLEMS = ("none", "lr_huge", "lr_zero", "zero_init", "deep_sigmoid", "frozen", "dropout",
             "scaled_inputs", "sorted_labels", "bad_init", "mixed_init")
@@ -59,6 +59,9 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
     p.add_argument("--net", choices=("mlp", "resnet"), default="mlp")
+    p.add_argument("--loss-scale", type=float, default=None,
+                   help="a fixed loss scale left to the optimizer to undo (FixedLossScaleManager with "
+                        "drop_overflow_update=False): the optimizer receives scaled gradients")
     return p.parse_args()
 
 
@@ -214,11 +217,13 @@ def main():
     params = net.trainable_params()
     if problem == "frozen":
         params = [p for p in params if p.name != "fc1.weight"]
-    optimizer = nn.Momentum(params, learning_rate=lr, momentum=0.9)
+    scale = args.loss_scale or 1.0
+    optimizer = nn.Momentum(params, learning_rate=lr, momentum=0.9, loss_scale=scale)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
 
     log = LossLog()
-    model = Model(net, loss_fn, optimizer)
+    manager = FixedLossScaleManager(scale, drop_overflow_update=False) if args.loss_scale else None
+    model = Model(net, loss_fn, optimizer, loss_scale_manager=manager)
     model.train(1, create_dataset(args, rng), callbacks=[log], dataset_sink_mode=False)
     if log.losses:
         print(f"{problem}: loss {log.losses[0]:.4g} at step 1, {log.losses[-1]:.4g} at step {len(log.losses)}",

@@ -76,7 +76,10 @@ def keep_probability(cell: nn.Cell) -> float | None:
 
 
 def describe_optimizer(optimizer: nn.Cell | None) -> dict[str, Any] | None:
-    """Class name, and learning rate and weight decay where each is a single constant."""
+    """Class name, learning rate and weight decay where each is a single constant, and the
+    optimizer's own loss scale: with one other than 1 (a FixedLossScaleManager with
+    drop_overflow_update=False), the gradients it receives, and distcheck records, are
+    multiplied by it; the optimizer divides them itself."""
     if optimizer is None:
         return None
     if not isinstance(optimizer, nn.Optimizer):
@@ -90,7 +93,9 @@ def describe_optimizer(optimizer: nn.Cell | None) -> dict[str, Any] | None:
         decay = values.pop() if len(values) == 1 else None
     else:
         decay = _scalar(decay)  # None for a dynamic (Cell) weight decay
-    return {"class": type(optimizer).__name__, "learning_rate": lr, "weight_decay": decay}
+    scale = getattr(optimizer, "loss_scale", 1.0)
+    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
+    return {"class": type(optimizer).__name__, "learning_rate": lr, "weight_decay": decay, "loss_scale": scale}
 
 
 def _scalar(value: Any) -> float | None:

@@ -47,8 +47,17 @@ class RankData:
         return (self.has & schema.HAS_LOSS) != 0
 
     def column(self, kind: str, stat: str) -> np.ndarray:
-        """(N, P) one statistic of every parameter (or gradient) at every step."""
+        """(N, P) one statistic of every parameter (or gradient) at every step. Gradient
+        magnitudes are unscaled: divided by the optimizer's loss scale (see ``grad_scale``)."""
         return self._columns(kind)[stat]
+
+    @cached_property
+    def grad_scale(self) -> float:
+        """The factor the recorded gradients carry: the optimizer's own loss scale (1 unless a
+        fixed loss scale leaves the unscaling to the optimizer)."""
+        optimizer = (self.static or {}).get("optimizer") or {}
+        scale = optimizer.get("loss_scale")
+        return float(scale) if isinstance(scale, (int, float)) and scale > 0 else 1.0
 
     def _columns(self, kind: str) -> dict[str, np.ndarray]:
         cache = self.__dict__.setdefault("_column_cache", {})
@@ -61,6 +70,9 @@ class RankData:
                     parts[name].append(block[:, :, _COL[name]])
             p = len(self.params)
             cache[kind] = {name: (np.concatenate(v) if v else np.zeros((0, p), np.float32)) for name, v in parts.items()}
+            if kind == "grad" and self.grad_scale != 1.0:
+                for name in ("l2", "mean", "min", "max"):
+                    cache[kind][name] = cache[kind][name] / np.float32(self.grad_scale)
         return cache[kind]
 
     @cached_property

@@ -88,3 +88,13 @@ def test_one_layer_with_weight_init_normal_among_defaults_is_healthy(tmp_path):
 def test_resnet_style_cnn_with_default_inits_is_healthy(tmp_path):
     result = launch(str(tmp_path), "train_health.py", "--net", "resnet", n=1, launcher="none")
     assert result.code == 0 and result.report["findings"] == []
+
+
+def test_gradients_scaled_by_a_fixed_loss_scale_are_judged_unscaled(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "scaled").mkdir()
+    plain = _health(tmp_path / "plain", "deep_sigmoid")
+    scaled = launch(str(tmp_path / "scaled"), "train_health.py", "--problem", "deep_sigmoid", "--loss-scale", "1024",
+                    n=1, launcher="none", options=("--activations",))
+    # the optimizer receives gradients x1024 and undoes it itself; the rule sees the same magnitudes
+    assert only(scaled, "grad_vanishing")["message"] == only(plain, "grad_vanishing")["message"]
