@@ -101,8 +101,10 @@ class PhaseMarker(Callback):
     def on_train_step_end(self, run_context: RunContext) -> None:
         probe = self.owner.probe
         if probe is not None:
-            probe.step_done(int(run_context.original_args().cur_step_num))
-            probe.enter(Phase.CALLBACKS)
+            step = int(run_context.original_args().cur_step_num)
+            with probe.guard(f"step {step}"):
+                probe.step_done(step)
+                probe.enter(Phase.CALLBACKS)
 
     def on_train_epoch_begin(self, run_context: RunContext) -> None:
         self._enter(Phase.CALLBACKS)

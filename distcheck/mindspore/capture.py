@@ -23,6 +23,7 @@ from mindspore.common.initializer import initializer
 
 from distcheck.mindspore.cells import GRAD_PREFIX
 
+
 class GradCapture(nn.Cell):
     """An optimizer wrapper that keeps a copy of the last gradients it applied.
 
