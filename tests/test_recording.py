@@ -218,3 +218,10 @@ def test_labels_are_never_token_ids_or_masks():
     column = y.reshape(4, 1)
     assert labels_of([ids, column]) is column
     assert labels_of([ids, mask, y], "0") is ids and labels_of([ids, mask, y], "none") is None
+
+
+def test_a_second_call_whose_update_count_goes_on_keeps_its_numbers():
+    n = StepNumbering()
+    assert [n.run_step(0, update=False), n.run_step(1), n.run_step(2)] == [0, 1, 2]
+    n.begin_segment()  # the same Model trained again: its capture's update count continues
+    assert [n.run_step(2, update=False), n.run_step(3), n.run_step(4)] == [2, 3, 4] and n.segment == 1

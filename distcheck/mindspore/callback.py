@@ -4,8 +4,9 @@ It runs after the script's own callbacks; its `marker` (a `PhaseMarker`) runs be
 them, so the heartbeats can tell the training step, the script's callbacks and the
 data pipeline apart, and a rank stuck in a callback is known to have completed its step.
 
-Steps are labelled with MindSpore's `cur_step_num` (the number of updates so far),
-never with a counter of callback calls. In dataset sink mode on Ascend/GPU a step-end
+Steps are labelled by the number of updates applied so far (the gradient capture counts
+the optimizer's calls), so gradient accumulation's micro-steps and loss-scale overflow
+skips are not recorded as updates; without a capture, by MindSpore's `cur_step_num`. In dataset sink mode on Ascend/GPU a step-end
 callback fires once per `sink_size` steps, so the recorded steps are simply sparse
 (and the batch of those steps is not available on the host). On CPU the callback
 fires after every step even in sink mode.
@@ -53,7 +54,7 @@ class DistcheckCallback(Callback):
                 self.probe.wrap(capture)
         with self.probe.guard("cannot tap activations"):
             _tap_activations(self.probe, args.train_network)
-        self.probe.begin(step=int(args.cur_step_num))
+        self.probe.begin(step=self.probe.label(int(args.cur_step_num)))
 
     def on_train_step_begin(self, run_context: RunContext) -> None:
         if self.probe is not None:
@@ -66,6 +67,7 @@ class DistcheckCallback(Callback):
         args = run_context.original_args()
         step = int(args.cur_step_num)
         with probe.guard(f"step {step}"):
+            step = probe.label(step)
             loss, overflowed = split_outputs(args.net_outputs)
             probe.step_end(step, loss, batch=args.get("train_dataset_element"), grads_valid=not overflowed,
                            then=Phase.DATA)
@@ -103,7 +105,7 @@ class PhaseMarker(Callback):
         if probe is not None:
             step = int(run_context.original_args().cur_step_num)
             with probe.guard(f"step {step}"):
-                probe.step_done(step)
+                probe.step_done(probe.label(step))
                 probe.enter(Phase.CALLBACKS)
 
     def on_train_epoch_begin(self, run_context: RunContext) -> None:

@@ -8,17 +8,21 @@ then calls `self.optimizer(grads)`. `GradCapture` wraps that optimizer and copie
 gradient into a shadow `Parameter` before the update, so after the step the host can
 read the post-AllReduce gradients with `shadow.asnumpy()`.
 
-With `nn.TrainOneStepWithLossScaleCell` (and `Model(..., loss_scale_manager=...)`) the
-optimizer call, and with it the copy, is skipped on a step whose gradients overflowed:
-the shadows then still hold the previous step's gradients. Callers must check the
-overflow flag in the step outputs (see `probe.split_outputs`) and not record them.
+A training step is not always an update: `nn.TrainOneStepWithLossScaleCell` (and
+`Model(..., loss_scale_manager=...)`) skips the optimizer on a step whose gradients
+overflowed, and a train cell that accumulates gradients calls it once every k micro-steps.
+The shadows then still hold the last update's gradients. `GradCapture.applied` counts
+the optimizer's calls inside the graph, so the probe records one row per update and
+labels it by update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mindspore import Parameter, ParameterTuple, nn, ops
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import dtype as mstype
 from mindspore.common.initializer import initializer
 
 from distcheck.mindspore.cells import GRAD_PREFIX
@@ -41,6 +45,9 @@ class GradCapture(nn.Cell):
             Parameter(initializer("zeros", p.shape, p.dtype), name=GRAD_PREFIX + p.name, requires_grad=False)
             for p in optimizer.parameters
         )
+        # Counts the updates applied: with gradient accumulation, or a loss-scale overflow
+        # that skips the optimizer, a training step is not always an update.
+        self.applied = Parameter(Tensor(np.zeros((), np.int32)), name=GRAD_PREFIX + "applied", requires_grad=False)
         self.hyper_map = ops.HyperMap()
         self.assign = ops.Assign()
 
@@ -49,9 +56,14 @@ class GradCapture(nn.Cell):
         """The wrapped optimizer's parameters (what `nn.TrainOneStepCell` differentiates)."""
         return self.optimizer.parameters
 
+    def updates(self) -> int:
+        """How many times the optimizer has been called (updates applied) so far."""
+        return int(self.applied.asnumpy())
+
     def construct(self, gradients):
         stored = self.hyper_map(self.assign, self.shadows, gradients)
-        gradients = ops.depend(gradients, stored)
+        counted = ops.assign_add(self.applied, ops.ones((), mstype.int32))
+        gradients = ops.depend(gradients, (stored, counted))
         return self.optimizer(gradients)
 
 

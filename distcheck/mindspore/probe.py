@@ -79,6 +79,8 @@ class Probe:
         self._params: list[Parameter] = []
         self._grad_slots: list[int | None] = []
         self._pending: int | None = None  # run step of a completed update not yet recorded
+        self._no_update = False  # the step just completed applied no update
+        self._updates_seen: int | None = None  # the capture's update count at the last step
 
     # -- setup -------------------------------------------------------------------
     def wrap(self, optimizer: nn.Cell) -> GradCapture:
@@ -148,6 +150,8 @@ class Probe:
         if self._recorder is None:
             # Still join the online checks, saying "nothing from me", so no rank waits for this one.
             self._recorder = Recorder.offline(self.world, options, run_dir=self.run_dir, why="probe failed to start")
+        with self.guard("cannot read the update count"):
+            self._updates_seen = self.capture.updates() if self.capture is not None else None
         run_step = self._recorder.step_done(step, update=False)
         if self.enabled:
             with self.guard(f"step {step}"):
@@ -163,8 +167,25 @@ class Probe:
         before the script's own callbacks) so that a rank stuck afterwards is known
         to have completed `step`.
         """
-        if self._recorder is not None and self._pending is None:
-            self._pending = self._recorder.step_done(step)
+        if self._recorder is None or self._pending is not None or self._no_update:
+            return
+        count = self._updates_seen
+        if self.capture is not None and count is not None:
+            count = self.capture.updates()
+            if count == self._updates_seen:  # no optimizer call: a micro-step, or an overflow skip
+                self._no_update = True
+                self._recorder.still_alive()
+                return
+        self._updates_seen = count
+        self._pending = self._recorder.step_done(step)
+
+    def label(self, step: int) -> int:
+        """The number that labels a step: the updates applied so far when gradients are
+        captured (a step is not always an update), else `step` as the loop counts it."""
+        if self.capture is not None and self.enabled:
+            with self.guard("cannot read the update count"):
+                return self.capture.updates()
+        return step
 
     def enter(self, phase: Phase) -> None:
         """Say where the training thread is now; heartbeats carry it (see `Phase`)."""
@@ -183,6 +204,10 @@ class Probe:
         if self._recorder is None:
             return
         self.step_done(step)
+        if self._no_update:  # nothing new to record, and every rank skips the same steps
+            self._no_update = False
+            self._recorder.enter(then)
+            return
         run_step, self._pending = self._pending, None
         if self.wants(run_step):
             with self.guard(f"step {step}"):

@@ -59,26 +59,31 @@ class StepNumbering:
         self._offset = 0
         self._last_label: Optional[int] = None
         self._updates_in_segment = 0
+        self._new_call = False
         self.last_run_step = -1
 
     def begin_segment(self) -> None:
-        """A new training call begins (its label 0 is the state the last one left)."""
-        if self.last_run_step >= 0:
-            self.segment += 1
-            self._offset = self.last_run_step
-            self._last_label = None
-            self._updates_in_segment = 0
+        """A new training call begins, as a new segment. If its labels start again
+        (MindSpore's ``cur_step_num``), its first label is the state the last call left;
+        if they go on (an update count that kept counting), they keep their numbers."""
+        self._new_call = True
 
     def run_step(self, label: int, update: bool = True) -> int:
         """The run step of ``label``; call once per completed update (``update=True``)
-        or once for the state before the first update of a segment."""
+        or once for the state before the first update of a call (``update=False``)."""
         label = int(label)
-        if self._last_label is not None and label <= self._last_label:
+        if self._new_call and self._last_label is not None:  # every training call is a segment
+            self.segment += 1
+            self._updates_in_segment = 0
+            if label <= self._last_label:  # counting from the start: it begins where the last ended
+                self._offset = self.last_run_step - label
+        elif self._last_label is not None and label <= self._last_label:
             if self._updates_in_segment:  # the counter went back: a new segment
                 self.segment += 1
                 self._updates_in_segment = 0
             # else: a loop counting its first update as 0, like the state before it
             self._offset = self.last_run_step + 1 - label
+        self._new_call = False
         self._last_label = label
         if update:
             self._updates_in_segment += 1

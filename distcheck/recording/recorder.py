@@ -161,6 +161,11 @@ class Recorder:
     def enter(self, phase: Phase) -> None:
         self.progress.enter(phase)
 
+    def still_alive(self) -> None:
+        """A training step ended without an update (a micro-step): progress, not a new step."""
+        snap = self.progress.snapshot
+        self.progress.completed(snap.step, Phase.PROBE)
+
     # -- per step ----------------------------------------------------------------
     def wants(self, step: int) -> bool:
         """Whether run step ``step`` is recorded (step 0 always, then every ``every``-th)."""

@@ -98,3 +98,15 @@ def test_gradients_scaled_by_a_fixed_loss_scale_are_judged_unscaled(tmp_path):
                     n=1, launcher="none", options=("--activations",))
     # the optimizer receives gradients x1024 and undoes it itself; the rule sees the same magnitudes
     assert only(scaled, "grad_vanishing")["message"] == only(plain, "grad_vanishing")["message"]
+
+
+def test_gradient_accumulation_is_recorded_once_per_update(tmp_path):
+    import h5py
+
+    # 80 micro-steps, 4 per update: MindSpore's cur_step_num counts 80, the optimizer runs 20 times
+    result = launch(str(tmp_path), "train_accumulate.py", "--accumulate", "4", "--steps", "80", n=1,
+                    launcher="none")
+    assert result.code == 0 and result.report["findings"] == []  # no update_ratio_small from micro-steps
+    with h5py.File(tmp_path / "rank_00000.h5", "r") as f:
+        assert f["steps/step"][()].tolist() == list(range(21))
+        assert all(h & 2 for h in f["steps/has"][1:])  # every update's accumulated gradients
