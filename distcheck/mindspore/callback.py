@@ -54,7 +54,8 @@ class DistcheckCallback(Callback):
                 self.probe.wrap(capture)
         with self.probe.guard("cannot tap activations"):
             _tap_activations(self.probe, args.train_network)
-        self.probe.begin(step=self.probe.label(int(args.cur_step_num)))
+        self.probe.labels_by_updates = True
+        self.probe.begin(step=int(args.cur_step_num))
 
     def on_train_step_begin(self, run_context: RunContext) -> None:
         if self.probe is not None:
@@ -67,7 +68,6 @@ class DistcheckCallback(Callback):
         args = run_context.original_args()
         step = int(args.cur_step_num)
         with probe.guard(f"step {step}"):
-            step = probe.label(step)
             loss, overflowed = split_outputs(args.net_outputs)
             probe.step_end(step, loss, batch=args.get("train_dataset_element"), grads_valid=not overflowed,
                            then=Phase.DATA)
@@ -105,7 +105,7 @@ class PhaseMarker(Callback):
         if probe is not None:
             step = int(run_context.original_args().cur_step_num)
             with probe.guard(f"step {step}"):
-                probe.step_done(probe.label(step))
+                probe.step_done(step)
                 probe.enter(Phase.CALLBACKS)
 
     def on_train_epoch_begin(self, run_context: RunContext) -> None:

@@ -81,6 +81,9 @@ class Probe:
         self._pending: int | None = None  # run step of a completed update not yet recorded
         self._no_update = False  # the step just completed applied no update
         self._updates_seen: int | None = None  # the capture's update count at the last step
+        #: Label steps by the updates applied (the capture's count), not by the loop's
+        #: step: set by `DistcheckCallback`, as `cur_step_num` counts micro-steps too.
+        self.labels_by_updates = False
 
     # -- setup -------------------------------------------------------------------
     def wrap(self, optimizer: nn.Cell) -> GradCapture:
@@ -152,6 +155,8 @@ class Probe:
             self._recorder = Recorder.offline(self.world, options, run_dir=self.run_dir, why="probe failed to start")
         with self.guard("cannot read the update count"):
             self._updates_seen = self.capture.updates() if self.capture is not None else None
+        if self.labels_by_updates and self._updates_seen is not None:
+            step = self._updates_seen
         run_step = self._recorder.step_done(step, update=False)
         if self.enabled:
             with self.guard(f"step {step}"):
@@ -169,23 +174,16 @@ class Probe:
         """
         if self._recorder is None or self._pending is not None or self._no_update:
             return
-        count = self._updates_seen
-        if self.capture is not None and count is not None:
-            count = self.capture.updates()
+        if self.capture is not None and self._updates_seen is not None:
+            count = self.capture.updates()  # one read per step
             if count == self._updates_seen:  # no optimizer call: a micro-step, or an overflow skip
                 self._no_update = True
                 self._recorder.still_alive()
                 return
-        self._updates_seen = count
+            self._updates_seen = count
+            if self.labels_by_updates:
+                step = count
         self._pending = self._recorder.step_done(step)
-
-    def label(self, step: int) -> int:
-        """The number that labels a step: the updates applied so far when gradients are
-        captured (a step is not always an update), else `step` as the loop counts it."""
-        if self.capture is not None and self.enabled:
-            with self.guard("cannot read the update count"):
-                return self.capture.updates()
-        return step
 
     def enter(self, phase: Phase) -> None:
         """Say where the training thread is now; heartbeats carry it (see `Phase`)."""

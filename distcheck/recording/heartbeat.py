@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from distcheck.recording import faults
+from distcheck.recording.faults import plant
 from distcheck.recording.lifecycle import main_thread_stack
 from distcheck.recording.progress import Progress
 from distcheck.store.schema import Phase
@@ -50,7 +50,7 @@ class HeartbeatThread(threading.Thread):
                 if time.monotonic() >= next_beat:
                     next_beat += self.period
                     if first:
-                        faults.plant("flush", self.rank)
+                        plant("flush", self.rank)
                         first = False
                     self.writer.beat(snap.step, snap.phase, snap.since)
                 elif idle >= IDLE_FLUSH and self.writer.pending:

@@ -63,10 +63,6 @@ def unwatch(recorder: Closable) -> None:
         _state.recorders.remove(recorder)
 
 
-def received_signal() -> Optional[int]:
-    return _state.signal
-
-
 def _install() -> None:
     if _state.installed:
         return

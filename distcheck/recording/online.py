@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from distcheck.digest import digest_rows
-from distcheck.recording import faults
+from distcheck.recording.faults import PlantedFault, plant
 from distcheck.recording.options import log
 from distcheck.store.schema import ParamInfo
 from distcheck.vote import majority
@@ -52,8 +52,8 @@ class OnlineCheck:
         """Compare this rank's parameter digests ``rows`` (None: nothing to give)."""
         self._done = step
         try:
-            faults.plant("online", self.world.rank, step)
-        except faults.PlantedFault as exc:
+            plant("online", self.world.rank, step)
+        except PlantedFault as exc:
             log(f"online check on rank {self.world.rank}: {exc}; taking part with nothing to give")
             rows = None
         header = np.zeros(5, np.uint64)

@@ -24,7 +24,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from distcheck import __version__
-from distcheck.recording import faults, lifecycle, rendezvous
+from distcheck.recording.faults import plant
+from distcheck.recording.lifecycle import unwatch, watch
+from distcheck.recording.rendezvous import all_ready, announce
 from distcheck.recording.heartbeat import HeartbeatThread
 from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
@@ -79,7 +81,7 @@ class Recorder:
             return existing._continue(params)
         writer = None
         try:
-            faults.plant("open", world.rank)
+            plant("open", world.rank)
             os.makedirs(run_dir, exist_ok=True)
             writer = DumpWriter(path, params, _attrs(world, meta, options), activations=activations,
                                 full_steps=options.full_steps, flush_seconds=options.flush_seconds)
@@ -119,7 +121,7 @@ class Recorder:
                                                                          f"probe error: {why}")
 
     def _start(self) -> None:
-        lifecycle.watch(self)
+        watch(self)
         period = self.options.flush_seconds if 0 < self.options.flush_seconds < 2.0 else 2.0
         self._heartbeat = HeartbeatThread(self.writer, self.progress, period, self.options.stall_seconds,
                                           self.rank, self._heartbeat_failed)
@@ -141,9 +143,9 @@ class Recorder:
         if expected <= 1:
             return
         try:
-            rendezvous.announce(run_dir, ok, why)
+            announce(run_dir, ok, why)
             if ok and self.online.on:
-                agreed, why = rendezvous.all_ready(run_dir, expected)
+                agreed, why = all_ready(run_dir, expected)
                 if not agreed:
                     self.online.off(f"not every rank's probe is working: {why}")
         except OSError as exc:
@@ -190,7 +192,7 @@ class Recorder:
         rows = None
         if params is not None and self.wants(step):
             try:
-                faults.plant("record", self.rank, step)
+                plant("record", self.rank, step)
                 rows = self._write(step, params, grads, loss, batch, activations)
             except Exception as exc:
                 self.disable(f"step {step}: {type(exc).__name__}: {exc}")
@@ -286,7 +288,7 @@ class Recorder:
                 writer.close(status, message, signum, progress=(snap.step, snap.phase, snap.since))
             except Exception as exc:
                 log(f"could not close the dump of rank {self.rank}: {type(exc).__name__}: {exc}")
-        lifecycle.unwatch(self)
+        unwatch(self)
 
 
 def _attrs(world: World, meta: dict, options: ProbeOptions) -> dict:

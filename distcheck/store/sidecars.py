@@ -33,11 +33,6 @@ class ProcessEnd:
     signal: Optional[int]
     time: float
 
-    def describe(self) -> str:
-        if self.signal:
-            return f"killed by signal {self.signal} ({signal_name(self.signal)})"
-        return f"exited with code {self.exit_code}"
-
 
 def signal_name(number: int) -> str:
     try:
