@@ -21,6 +21,8 @@ the training-health rules something to find::
   bad_init       six ReLU layers of width 64 drawn from Normal(0, 0.5): each multiplies the
                  signal by about 2.8, and the loss is Inf from step 1
   mixed_init     healthy: one layer with weight_init="normal" (std 0.01) among default ones
+  nan_grad       a term whose gradient is NaN (0 * d sqrt(y)/dy at y = 0) while the loss stays
+                 finite: with --dynamic-loss-scale every update is skipped as an overflow
 
 ``--net resnet`` trains a small ResNet-style CNN (Conv-BatchNorm-ReLU blocks with skip
 connections, MindSpore's default initialisers) on synthetic 8x8 images instead.
@@ -40,7 +42,7 @@ from mindspore.common.initializer import Normal
 from mindspore.train import Callback, FixedLossScaleManager, Model
 
 PROBLEMS = ("none", "lr_huge", "lr_zero", "zero_init", "deep_sigmoid", "frozen", "dropout",
-            "scaled_inputs", "sorted_labels", "bad_init", "mixed_init")
+            "scaled_inputs", "sorted_labels", "bad_init", "mixed_init", "nan_grad")
 
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -62,14 +64,20 @@ def parse_args():
     p.add_argument("--loss-scale", type=float, default=None,
                    help="a fixed loss scale left to the optimizer to undo (FixedLossScaleManager with "
                         "drop_overflow_update=False): the optimizer receives scaled gradients")
+    p.add_argument("--float16", action="store_true",
+                   help="float16 weights and activations (the loss in float32)")
+    p.add_argument("--dynamic-loss-scale", type=float, default=None, metavar="INIT",
+                   help="nn.DynamicLossScaleUpdateCell starting at INIT (halved on each overflow, which skips "
+                        "that step's update); 2**120 overflows for the first few steps of a float32 run")
     return p.parse_args()
 
 
 class MLP(nn.Cell):
     """16 -> 32 -> 32 -> 4 with ReLU (optionally Dropout after each hidden layer)."""
 
-    def __init__(self, zero_middle=False, keep_prob=None, middle_init=None):
+    def __init__(self, zero_middle=False, keep_prob=None, middle_init=None, nan_grad=False):
         super().__init__()
+        self.nan_grad = nan_grad
         self.fc1 = nn.Dense(NUM_FEATURES, HIDDEN)
         self.act1 = nn.ReLU()
         self.fc2 = nn.Dense(HIDDEN, HIDDEN, weight_init="zeros" if zero_middle else middle_init)
@@ -80,7 +88,33 @@ class MLP(nn.Cell):
     def construct(self, x):
         x = self.drop(self.act1(self.fc1(x)))
         x = self.drop(self.act2(self.fc2(x)))
+        if self.nan_grad:  # adds 0 to the output; its gradient is 0 * inf = NaN
+            x = x + 0.0 * ops.sqrt(x * 0.0)
         return self.head(x)
+
+
+class Float16(nn.Cell):
+    """The wrapped network with float16 weights, fed float16 inputs; logits in float32."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        for param in net.get_parameters():
+            param.set_dtype(ms.float16)
+
+    def construct(self, x):
+        return self.net(x.astype(ms.float16)).astype(ms.float32)
+
+
+class TrainOneStepWithLossScaleOnCPU(nn.TrainOneStepWithLossScaleCell):
+    """Dynamic loss scaling on CPU: overflow is any non-finite gradient (the stock cell
+    asks for status kernels CPU does not have)."""
+
+    def get_overflow_status(self, status, compute_output):
+        finite = ops.ones((), ms.bool_)
+        for grad in compute_output:
+            finite = ops.logical_and(finite, ops.isfinite(grad).all())
+        return ops.logical_not(finite)
 
 
 class DeepSigmoid(nn.Cell):
@@ -213,7 +247,9 @@ def main():
         net = WideReLU()
     else:
         net = MLP(zero_middle=problem == "zero_init", keep_prob=0.1 if problem == "dropout" else None,
-                  middle_init="normal" if problem == "mixed_init" else None)
+                  middle_init="normal" if problem == "mixed_init" else None, nan_grad=problem == "nan_grad")
+    if args.float16:
+        net = Float16(net)
     params = net.trainable_params()
     if problem == "frozen":
         params = [p for p in params if p.name != "fc1.weight"]
@@ -223,7 +259,13 @@ def main():
 
     log = LossLog()
     manager = FixedLossScaleManager(scale, drop_overflow_update=False) if args.loss_scale else None
-    model = Model(net, loss_fn, optimizer, loss_scale_manager=manager)
+    if args.dynamic_loss_scale:
+        # Model refuses a DynamicLossScaleManager on CPU; the train cell it would build works
+        # once it checks overflow the GPU way.
+        updater = nn.DynamicLossScaleUpdateCell(args.dynamic_loss_scale, scale_factor=2, scale_window=1000)
+        model = Model(TrainOneStepWithLossScaleOnCPU(nn.WithLossCell(net, loss_fn), optimizer, updater))
+    else:
+        model = Model(net, loss_fn, optimizer, loss_scale_manager=manager)
     model.train(1, create_dataset(args, rng), callbacks=[log], dataset_sink_mode=False)
     if log.losses:
         print(f"{problem}: loss {log.losses[0]:.4g} at step 1, {log.losses[-1]:.4g} at step {len(log.losses)}",

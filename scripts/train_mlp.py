@@ -154,15 +154,18 @@ class PrintLoss(Callback):
 
 
 class NudgeWeight(Callback):
-    """Bug `nudge`: add a tiny value to one weight just before update `step`."""
+    """Bug `nudge`: add a tiny value to one weight just before update `step`, counted
+    over every training call."""
 
     def __init__(self, param, step, delta=1e-4):
         super().__init__()
         self.param, self.step, self.delta = param, step, delta
+        self.seen = 0
         self.done = False
 
     def on_train_step_begin(self, run_context):
-        if not self.done and run_context.original_args().cur_step_num >= self.step:
+        self.seen += 1
+        if not self.done and self.seen >= self.step:
             self.param.set_data(ms.Tensor(self.param.asnumpy() + self.delta))
             self.done = True
 

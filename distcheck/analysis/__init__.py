@@ -1,8 +1,10 @@
 """Post-mortem analysis of a run's dumps: numpy and h5py only, no training framework."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from distcheck.analysis.causes import LINK_WINDOW, link_causes
 from distcheck.analysis.data import data_not_sharded, loss_nonfinite
@@ -42,8 +44,8 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
         notes = [n for n in results if isinstance(n, Note)]
         trainable = {p.name for r in run.readers.values() for p in r.params if p.trainable}
         window = LINK_WINDOW * int(run.meta("every", 1) or 1)
-        return Analysis(summary(run), sort_findings(link_causes(findings, trainable, window)), list(run.errors),
-                        notes)
+        findings = by_training_call(link_causes(findings, trainable, window), training_calls(run))
+        return Analysis(summary(run), sort_findings(findings), list(run.errors), notes)
     finally:
         run.close()
 
@@ -70,6 +72,35 @@ def consistency(run: Run, config: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def training_calls(run: Run) -> list[tuple[int, int]]:
+    """(first, last) run step of each training call (segment) recorded, in order."""
+    spans: dict[int, list[int]] = {}
+    for reader in run.readers.values():
+        if not reader.n_steps:
+            continue
+        segments, steps = reader.segments(), reader.steps
+        for seg in np.unique(segments):
+            inside = steps[segments == seg]
+            lo, hi = spans.get(int(seg), (int(inside[0]), int(inside[-1])))
+            spans[int(seg)] = [min(lo, int(inside[0])), max(hi, int(inside[-1]))]
+    return [tuple(spans[s]) for s in sorted(spans)]
+
+
+def by_training_call(findings: list[Finding], calls: list[tuple[int, int]]) -> list[Finding]:
+    """With more than one training call, say in each finding's detail which call (1-based)
+    its step belongs to."""
+    if len(calls) < 2:
+        return findings
+    starts = np.array([first for first, _ in calls])
+    out = []
+    for f in findings:
+        if f.step is not None:
+            call = int(np.searchsorted(starts, f.step, side="right"))
+            f = replace(f, detail={**f.detail, "training_call": max(call, 1)})
+        out.append(f)
+    return out
+
+
 def summary(run: Run) -> dict[str, Any]:
     ranks = {}
     for rank, reader in sorted(run.readers.items()):
@@ -90,5 +121,6 @@ def summary(run: Run) -> dict[str, Any]:
         "framework_version": run.meta("framework_version"),
         "every": run.meta("every"),
         "sink_size": run.meta("sink_size"),
+        "training_calls": [{"first_step": a, "last_step": b} for a, b in training_calls(run)],
         "ranks": ranks,
     }

@@ -195,15 +195,22 @@ class Probe:
         """Record the state after update number `step` (1-based), if it is due.
 
         `loss` may be a Tensor, a number or None; `batch` a sequence of Tensors or
-        arrays. Pass `grads_valid=False` for a step whose update was skipped (loss-scale
-        overflow): the captured gradients are then stale and not recorded. `then` is
+        arrays. Pass `grads_valid=False` for a step whose update a loss-scale overflow
+        skipped: it is noted in the dump as skipped, and no row is recorded. `then` is
         where the training thread goes next (the heartbeats say so while it is there).
         """
         if self._recorder is None:
             return
+        if not grads_valid and self.capture is None and self._pending is None:
+            # An overflow skip seen without a capture: no update, so no row either.
+            self._recorder.still_alive()
+            self._no_update = True
         self.step_done(step)
         if self._no_update:  # nothing new to record, and every rank skips the same steps
             self._no_update = False
+            if not grads_valid:
+                with self.guard("cannot note a skipped update"):
+                    self._recorder.skipped()
             self._recorder.enter(then)
             return
         run_step, self._pending = self._pending, None

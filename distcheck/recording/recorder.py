@@ -168,6 +168,12 @@ class Recorder:
         snap = self.progress.snapshot
         self.progress.completed(snap.step, Phase.PROBE)
 
+    def skipped(self) -> None:
+        """A training step's update was skipped (a loss-scale overflow): noted in the dump,
+        after the last completed update. Call it after :meth:`still_alive`."""
+        if self.enabled and self.writer is not None:
+            self.writer.skip(self.progress.snapshot.step)
+
     # -- per step ----------------------------------------------------------------
     def wants(self, step: int) -> bool:
         """Whether run step ``step`` is recorded (step 0 always, then every ``every``-th)."""

@@ -64,12 +64,18 @@ def _headline(run: dict) -> str:
     span = f", steps 0..{max(steps)}" if steps else ""
     every = f" every {run['every']} steps" if run.get("every") and run["every"] != 1 else ""
     found = len(run.get("ranks_found", []))
+    calls = run.get("training_calls") or []
+    spans = ", ".join(f"{c['first_step']}..{c['last_step']}" for c in calls)
+    calls_text = f", {len(calls)} training calls (steps {spans})" if len(calls) > 1 else ""
     return (f"distcheck: {', '.join(run['dirs'])}: {found} of {run['world_size']} rank(s), "
-            f"parallel mode {run.get('parallel_mode') or 'unknown'}{span}{', recorded' + every if every else ''}")
+            f"parallel mode {run.get('parallel_mode') or 'unknown'}{span}{', recorded' + every if every else ''}"
+            f"{calls_text}")
 
 
 def _finding(f: Finding, indent: str) -> list[str]:
     where = f" at step {f.step}" if f.step is not None else ""
+    if "training_call" in f.detail:
+        where += f" (training call {f.detail['training_call']})"
     ranks = f" on rank {', '.join(map(str, f.ranks))}" if f.ranks else ""
     head = f"{indent}{_LABEL[f.severity]} {f.code}{where}{ranks}"
     out = [head]

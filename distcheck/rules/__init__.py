@@ -37,7 +37,39 @@ def health_checks(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
                     merged[key] = f
                 else:
                     merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
-    return list(merged.values())
+    return _across_ranks(list(merged.values()), run.ranks)
+
+
+#: Rules on a series every rank has its own of (its minibatch losses, its gradients'
+#: norm): one finding per code for the job, saying whether every rank saw it.
+_TRENDS = ("loss_diverging", "loss_not_decreasing", "loss_zero", "grad_exploding")
+
+
+def _across_ranks(results: list[Finding | Note], ranks: list[int]) -> list[Finding | Note]:
+    """Merge each trend code's per-rank findings into the earliest, and compare the ranks:
+    a trend on every rank has a job-wide cause; on a few, those ranks' data."""
+    out: list[Finding | Note] = []
+    trends: dict[str, list[Finding]] = {}
+    for f in results:
+        if isinstance(f, Finding) and f.code in _TRENDS:
+            trends.setdefault(f.code, []).append(f)
+        else:
+            out.append(f)
+    for code, found in trends.items():
+        found.sort(key=lambda f: (f.step if f.step is not None else -1, f.ranks))
+        first = found[0]
+        seen = sorted({r for f in found for r in f.ranks})
+        if len(ranks) < 2:
+            out.append(first)
+            continue
+        others = [r for r in ranks if r not in seen]
+        if not others:
+            where = f" Every rank's series shows it (rank {first.ranks[0]} first): a job-wide cause."
+        else:
+            where = (f" Only rank(s) {', '.join(map(str, seen))} show it; the same series of rank(s) "
+                     f"{', '.join(map(str, others))} at the same steps do not: look at the data those ranks read.")
+        out.append(replace(first, ranks=tuple(seen), message=first.message + where))
+    return out
 
 
 class _Setup:

@@ -76,6 +76,12 @@ class RankData:
         return cache[kind]
 
     @cached_property
+    def skipped(self) -> np.ndarray:
+        """(K,) per training step whose update a loss-scale overflow skipped, the run step
+        of the update before it."""
+        return self.reader.skipped()
+
+    @cached_property
     def grad_mask(self) -> np.ndarray:
         return (self.has & schema.HAS_GRADS) != 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distcheck.findings import Severity, name_list
+from distcheck.findings import Note, Severity, name_list
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import finding, rule
 
@@ -40,6 +40,50 @@ def weights_not_updated(rank: RankData, settings: dict):
         "Is the learning rate 0, or are they missing from the optimizer?"
     return [finding("weights_not_updated", int(rank.steps[-1]), [rank.rank], names,
                     f"{which} never changed over {updates} recorded update(s): {name_list(names, 10)}. {why}")]
+
+
+@rule("updates_skipped", Severity.WARNING, "param", "most training steps skip their update: loss-scale overflows")
+def updates_skipped(rank: RankData, settings: dict):
+    """
+    Phenomenon: with dynamic loss scaling, a step whose gradients overflow (Inf or NaN)
+    skips its update and lowers the loss scale. A few skips at the start, while the scale
+    settles, and one every ``scale_window`` steps after that are how it works. Most steps
+    skipping means the gradients are non-finite whatever the scale: the model has quietly
+    stopped learning while the loss curve looks flat.
+
+    Skipped steps are recorded as skipped, never as updates, so weights_not_updated and
+    the update-ratio rules do not count them. Any skip gets a note with the count.
+
+    Likely causes: a NaN or Inf born in the forward or backward pass (a log or division of
+    zero, an overflowing float16 activation); a loss scale that cannot go low enough (a
+    minimum scale set too high); data (an Inf in an input).
+
+    Defaults: flagged when more than ``max_share`` 25% of the training steps after the
+    first ``warmup`` 20 skipped, and at least ``min_skips`` 10 did. MindSpore's
+    DynamicLossScaleManager starts at 2^24 and halves on each overflow, so the first
+    steps of a healthy float32 run may all skip; after that, skips are rare.
+
+    Fix: find where the first non-finite value appears (loss_nonfinite, grad statistics
+    of the skipped steps' neighbours), and guard it; lower the initial loss scale.
+    """
+    skipped = rank.skipped
+    if not len(skipped):
+        return []
+    first = int(skipped[0])
+    note = Note("updates_skipped", (rank.rank,),
+                f"{len(skipped)} training step(s) skipped their update (loss-scale overflow), the first after "
+                f"update {first}; they are not counted as updates")
+    warmup = int(settings["warmup"])
+    at = skipped + np.arange(1, len(skipped) + 1)  # training step of each skip: updates and skips before it
+    total = (int(rank.steps[-1]) if len(rank.steps) else 0) + len(skipped) - warmup
+    late = skipped[at > warmup]
+    if len(late) < int(settings["min_skips"]) or total <= 0 or len(late) / total <= settings["max_share"]:
+        return [note]
+    return [finding("updates_skipped", int(late[0]), [rank.rank], [],
+                    f"{len(late)} of {total} training steps after the first {warmup} ({len(late) / total:.0%}) skipped "
+                    f"their update because the loss-scaled gradients overflowed, the first after update "
+                    f"{int(late[0])}. The model is hardly learning: the gradients are non-finite whatever the "
+                    "scale. Find where the first NaN or Inf appears and guard it.")]
 
 
 def update_ratios(rank: RankData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

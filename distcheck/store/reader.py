@@ -176,6 +176,13 @@ class DumpReader:
     def rollups(self, kind: str) -> np.ndarray:
         return self.series(schema.ROLLUP)[:, schema.KINDS.index(kind)]
 
+    def skipped(self) -> np.ndarray:
+        """(K,) for each training step whose update a loss-scale overflow skipped, the
+        run step of the last update before it (empty in dumps older than this record)."""
+        if schema.SKIPPED not in self._file:
+            return np.zeros(0, np.int64)
+        return self._read(schema.SKIPPED, ())
+
     def heartbeats(self) -> list[Heartbeat]:
         return [_heartbeat(row) for row in self._read(schema.HEARTBEAT, ())]
 

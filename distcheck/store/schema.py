@@ -43,6 +43,8 @@ STACK_STEP = "stacks/step"  # (S,) int64: last completed step
 STACK_PHASE = "stacks/phase"  # (S,) int8: Phase
 STACK_TEXT = "stacks/text"  # (S,) fixed bytes, innermost frame last
 STACK_BYTES = 8192
+# Training steps that applied no update because a dynamic loss scale found an overflow.
+SKIPPED = "skipped/after"  # (K,) int64: the run step of the last update before each skipped step
 FULL = "full"
 
 INPUT_STATS = "steps/input_stats"  # (N, 7): the first floating tensor of the batch

@@ -45,6 +45,7 @@ class DumpWriter:
         self._closed = False
         self._rows = 0
         self._stacks = 0
+        self._skipped: list[int] = []  # skipped steps not yet written
         self._layout = schema.step_layout(len(self.params), len(self.activations))
         self._buf = {path: np.full((schema.BLOCK, *tail), fill, dtype)
                      for path, (tail, dtype, fill) in self._layout.items()}
@@ -89,6 +90,7 @@ class DumpWriter:
         for path, dtype in ((schema.STACK_TIME, np.float64), (schema.STACK_STEP, np.int64),
                             (schema.STACK_PHASE, np.int8), (schema.STACK_TEXT, f"S{schema.STACK_BYTES}")):
             f.create_dataset(path, shape=(0,), maxshape=(None,), chunks=(8,), dtype=dtype)
+        f.create_dataset(schema.SKIPPED, shape=(0,), maxshape=(None,), chunks=(256,), dtype=np.int64)
         f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
         f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
         f.create_dataset(schema.STATUS_SIGNAL, data=np.array([0], np.int32))
@@ -117,6 +119,13 @@ class DumpWriter:
             self._rows += 1
             if self._rows == schema.BLOCK or time.time() - self._last_flush >= self.flush_seconds:
                 self._flush_locked()
+
+    def skip(self, after_step: int) -> None:
+        """Note a training step that applied no update (a loss-scale overflow), after
+        run step ``after_step``; written with the next flush."""
+        with self._lock:
+            if not self._closed:
+                self._skipped.append(int(after_step))
 
     def write_full(self, step: int, kind: str, index: int, array: np.ndarray) -> None:
         if step not in self.full_steps:
@@ -169,6 +178,12 @@ class DumpWriter:
                 ds.resize(start + n, axis=0)
                 ds[start:start + n] = buf[:n]
             self._rows = 0
+        if self._skipped:
+            ds = self._file[schema.SKIPPED]
+            start = ds.shape[0]
+            ds.resize(start + len(self._skipped), axis=0)
+            ds[start:] = self._skipped
+            self._skipped = []
         self._file[schema.LABEL_COUNTS][...] = self.label_counts
         self._file.flush()
         self._last_flush = time.time()

@@ -110,3 +110,31 @@ def test_gradient_accumulation_is_recorded_once_per_update(tmp_path):
     with h5py.File(tmp_path / "rank_00000.h5", "r") as f:
         assert f["steps/step"][()].tolist() == list(range(21))
         assert all(h & 2 for h in f["steps/has"][1:])  # every update's accumulated gradients
+
+
+def test_float16_weights_with_dynamic_loss_scaling(tmp_path):
+    import h5py
+    import numpy as np
+
+    # Dynamic loss scaling from 2^24 overflows float16 gradients for the first few steps;
+    # those skip their update and are recorded as skipped, not as updates.
+    result = launch(str(tmp_path), "train_health.py", "--float16", "--dynamic-loss-scale", str(2 ** 24),
+                    "--steps", "60", n=1, launcher="none")
+    assert result.code == 0 and result.report["findings"] == []
+    with h5py.File(tmp_path / "rank_00000.h5", "r") as f:
+        skipped = f["skipped/after"][()]
+        steps = f["steps/step"][()]
+        assert set(x.decode() if isinstance(x, bytes) else x for x in f["params/dtype"][()]) == {"float16"}
+        update_norms = f["param/stats"][1:, :, -1]
+    assert 0 < len(skipped) < 20 and steps[-1] == 60 - len(skipped)
+    assert np.isfinite(update_norms).all() and (update_norms > 0).all()  # float16 updates are measured
+    note = [n for n in result.report["notes"] if n["code"] == "updates_skipped"]
+    assert len(note) == 1 and f"{len(skipped)} training step(s) skipped" in note[0]["message"]
+
+
+def test_every_update_skipped_by_loss_scale_overflow(tmp_path):
+    result = launch(str(tmp_path), "train_health.py", "--problem", "nan_grad", "--dynamic-loss-scale", "1024",
+                    "--steps", "60", n=1, launcher="none")
+    f = only(result, "updates_skipped")
+    assert "40 of 40 training steps" in f["message"]
+    assert result.codes() == ["updates_skipped"]  # not weights_not_updated: no update was recorded

@@ -93,3 +93,12 @@ def test_a_second_model_train_call_continues_the_record_as_a_segment(tmp_path):
         assert f["steps/step"][()].tolist() == list(range(25))  # the second call's updates are steps 13..24
         assert f["steps/segment"][()].tolist() == [0] * 13 + [1] * 12
         assert f["status"][0] == 1  # finished
+
+
+def test_a_finding_says_which_training_call_it_belongs_to(tmp_path):
+    # two calls of 12 steps; the nudge lands before the 17th update, the 5th of the second call
+    result = launch(str(tmp_path), "train_mlp.py", "--train-calls", "2", "--bug", "nudge", "--bug-step", "17")
+    f = only(result, "param_divergence")
+    assert (f["step"], f["ranks"], f["detail"]["training_call"]) == (17, [2], 2)
+    assert result.report["run"]["training_calls"] == [{"first_step": 0, "last_step": 12},
+                                                      {"first_step": 13, "last_step": 24}]

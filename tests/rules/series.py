@@ -38,12 +38,23 @@ def healthy_batch(step: int) -> list[np.ndarray]:
 
 def write(path: str, steps: int = 40, params: Callable = healthy_params, grads: Callable = healthy_grads,
           loss: Optional[Callable] = None, batch: Callable = healthy_batch, meta: Optional[dict] = None,
-          activations: Optional[list] = None, act_stats: Optional[Callable] = None) -> None:
+          activations: Optional[list] = None, act_stats: Optional[Callable] = None, rank: int = 0,
+          size: int = 1, skipped: Callable = lambda s: False) -> None:
+    """``steps`` training steps; those where ``skipped(s)`` apply no update (a loss-scale
+    overflow), and the updates are numbered 1, 2, ... as the probe numbers them."""
     loss = loss or (lambda s: 2.0 * np.exp(-s / 15) + 0.1)
-    rec = Recorder.open(path, SingleWorld(), LAYERS, meta or {"parallel_mode": "stand_alone"},
+    rec = Recorder.open(path, SingleWorld(rank, size), LAYERS, meta or {"parallel_mode": "stand_alone"},
                         ProbeOptions(flush_seconds=60), activations=activations or ())
+    rec.step_done(0, update=False)
     rec.record(0, params(0))
-    for s in range(1, steps + 1):
+    update = 0
+    for t in range(1, steps + 1):
+        if skipped(t):
+            rec.still_alive()
+            rec.skipped()
+            continue
+        update += 1
+        s = rec.step_done(update)
         acts = [act_stats(s, i) for i in range(len(activations))] if activations else None
         rec.record(s, params(s), grads(s), loss=loss(s), batch=batch(s), activations=acts)
     rec.close()
@@ -59,11 +70,15 @@ def judge(path: str, code: str, **settings) -> list:
         run.close()
 
 
-def all_codes(path: str) -> list[str]:
+def all_findings(path: str) -> list[Finding]:
     from distcheck.rules import health_checks
 
     run = load_run([path])
     try:
-        return sorted(f.code for f in health_checks(run, load_config()) if isinstance(f, Finding))
+        return [f for f in health_checks(run, load_config()) if isinstance(f, Finding)]
     finally:
         run.close()
+
+
+def all_codes(path: str) -> list[str]:
+    return sorted(f.code for f in all_findings(path))

@@ -5,7 +5,7 @@ import numpy as np
 from distcheck.config import load_config
 from distcheck.findings import Note
 from distcheck.rules import static_findings
-from rules.series import all_codes, healthy_batch, healthy_grads, healthy_params, judge, write
+from rules.series import all_codes, all_findings, healthy_batch, healthy_grads, healthy_params, judge, write
 
 
 def test_a_healthy_series_raises_nothing(tmp_path):
@@ -32,6 +32,22 @@ def test_loss_diverging_names_the_step_the_median_runs_away(tmp_path):
     medians = np.array([np.median(values[max(0, i - 9):i + 1]) for i in range(40)])
     assert f.step == 1 + int(np.argmax((medians > 10 * np.minimum.accumulate(medians)) & (medians - 1 > 1)))
     assert f.step == 26
+
+
+def test_a_loss_trend_is_compared_across_ranks(tmp_path):
+    def runaway(start):
+        return lambda s: 1.0 if s < start else 3.0 ** (s - start + 1)
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "shard").mkdir()
+    for rank in range(3):  # every rank diverges, each a step apart: one finding, at the earliest
+        write(str(tmp_path / "job"), loss=runaway(20 + rank), rank=rank, size=3)
+    (f,) = all_findings(str(tmp_path / "job"))
+    assert (f.code, f.step, f.ranks) == ("loss_diverging", 26, (0, 1, 2)) and "job-wide" in f.message
+    for rank in range(3):  # only rank 1's series runs away: its data, not the learning rate
+        write(str(tmp_path / "shard"), loss=runaway(20) if rank == 1 else None, rank=rank, size=3)
+    (f,) = all_findings(str(tmp_path / "shard"))
+    assert (f.code, f.ranks) == ("loss_diverging", (1,)) and "rank(s) 0, 2 at the same steps do not" in f.message
 
 
 def test_a_single_loss_spike_is_not_a_divergence(tmp_path):
@@ -114,6 +130,20 @@ def test_weights_not_updated_names_each_frozen_parameter(tmp_path):
     write(str(tmp_path), params=params)
     (f,) = judge(str(tmp_path), "weights_not_updated")
     assert f.params == ("l2.weight",)
+
+
+def test_updates_skipped_by_loss_scale_overflows(tmp_path):
+    (tmp_path / "settling").mkdir()
+    (tmp_path / "stuck").mkdir()
+    # a dynamic loss scale settling: the first 8 steps and one later step overflow
+    write(str(tmp_path / "settling"), steps=200, skipped=lambda t: t <= 8 or t == 150)
+    (note,) = judge(str(tmp_path / "settling"), "updates_skipped")
+    assert isinstance(note, Note) and note.message.startswith("9 training step(s) skipped their update")
+    assert "weights_not_updated" not in all_codes(str(tmp_path / "settling"))
+    # from step 60 on, every other step overflows: 70 of the 180 steps after the first 20
+    write(str(tmp_path / "stuck"), steps=200, skipped=lambda t: t >= 60 and t % 2 == 0)
+    (f,) = judge(str(tmp_path / "stuck"), "updates_skipped")
+    assert f.step == 59 and f.message.startswith("71 of 180 training steps after the first 20 (39%)")
 
 
 def test_update_ratios_against_a_numpy_oracle(tmp_path):
