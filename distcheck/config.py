@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
+from distcheck.replicas import Declaration, DeclarationError
+
 DEFAULT_PATH = os.path.join(os.path.dirname(__file__), "default.yaml")
 
 
@@ -88,17 +90,7 @@ def _check_labels(labels: Any, path: str) -> None:
 
 
 def _check_replica_groups(groups: Any, path: str) -> None:
-    if groups is None:
-        return
-    ok = isinstance(groups, list) and all(
-        isinstance(g, list) and g and all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in g)
-        for g in groups)
-    if not ok:
-        raise ConfigError(f"{path}: 'replica_groups' must be a list of lists of rank numbers, "
-                          "e.g. [[0, 2], [1, 3]]")
-    seen: set[int] = set()
-    for group in groups:
-        for rank in group:
-            if rank in seen:
-                raise ConfigError(f"{path}: rank {rank} is in more than one replica group")
-            seen.add(rank)
+    try:
+        Declaration.parse(groups)
+    except DeclarationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

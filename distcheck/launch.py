@@ -14,6 +14,8 @@ job in which no rank completes a step. Whatever ended the job, the run is analys
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -25,6 +27,7 @@ from typing import Optional
 
 from distcheck.exits import ExitCode, UsageError
 from distcheck.recording import ENV_RUN_DIR, ProbeOptions
+from distcheck.replicas import Declaration, DeclarationError
 from distcheck.store.sidecars import job_path, signal_name, write_json
 
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inject")
@@ -226,6 +229,13 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
                            activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1",
                            stall_seconds=stall_seconds, strict=args.strict,
                            local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")))
+    declared = Declaration.parse(config.get("replica_groups"))
+    if declared is not None:
+        try:
+            declared.check_ranks(args.nproc)
+        except DeclarationError as exc:
+            raise UsageError(f"{args.config}: {exc}") from None
+        options = dataclasses.replace(options, replica_groups=json.dumps(declared.to_json()))
     env.update(options.to_env())
     env[ENV_RUN_DIR] = run_dir
     if args.config:

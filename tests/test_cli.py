@@ -86,7 +86,13 @@ def test_bad_config_is_a_clear_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     for text, message in [("replica_grups: []\n", "unknown setting 'replica_grups'"),
                           ("max_findings_per_code: lots\n", "must be int"),
-                          ("replica_groups: [[0, 1], [1, 2]]\n", "more than one replica group"),
+                          ("replica_groups: [[0, 1], [1, 2]]\n", "rank 1 is in more than one group"),
+                          ("replica_groups: [{params: 'x*', group: [[0]]}]\n",
+                           "replica_groups entry 1: unknown key(s) group"),
+                          ("replica_groups: [{params: 'dense*', groups: [[0, 7]]}]\n",
+                           "entry 1 (params: 'dense*'): rank(s) 7 do not exist in a job of 3 rank(s)"),
+                          ("replica_groups: [{params: 'dense*', groups: [[0, 1, 2]]}, {params: 'mid.*', groups: [[0]]}]\n",
+                           "replica_groups entry 2 (params: 'mid.*') match(es) no parameter of the run"),
                           ("[1, 2", "not valid YAML")]:
         cfg.write_text(text)
         code, _, err = _run("analyze", str(tmp_path), "--config", str(cfg))

@@ -11,8 +11,10 @@ from distcheck.analysis.data import data_not_sharded, loss_nonfinite
 from distcheck.analysis.divergence import episode_findings, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
-from distcheck.analysis.structure import common_structure, replica_groups, weight_mask
+from distcheck.analysis.structure import (ReplicaConfigError, common_structure, comparisons, data_parallel_peers,
+                                         weight_mask)
 from distcheck.findings import Finding, Note, sort_findings
+from distcheck.replicas import Declaration
 from distcheck.store.reader import DumpError
 
 
@@ -50,24 +52,26 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
         run.close()
 
 
-def consistency(run: Run, config: dict[str, Any]) -> list[Finding]:
-    findings = check_ranks(run)
+def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
+    findings: list[Finding | Note] = list(check_ranks(run))
     if not run.readers:
         return findings
-    groups, notes = replica_groups(run, config.get("replica_groups"))
+    found, notes = comparisons(run, Declaration.parse(config.get("replica_groups")))
     findings.extend(notes)
     limit = int(config.get("max_findings_per_code", 5))
-    for group in groups:
-        present = [r for r in group if r in run.readers]
+    for comparison in found:
+        present = [r for r in comparison.group if r in run.readers]
         if len(present) < 2:
             continue
-        members, params, mismatch = common_structure(run, present)
+        members, params, cols, mismatch = common_structure(run, present, comparison.names)
         findings.extend(mismatch)
-        if len(members) < 2:
+        if len(members) < 2 or not params:
             continue
-        episodes = scan_group(run, members, params, weight_mask(run, members, params))
-        findings.extend(episode_findings(episodes, params, group, run.meta("parallel_mode"), limit))
-        findings.extend(data_not_sharded(run, members))
+        episodes = scan_group(run, members, params, cols, weight_mask(run, members, params, cols))
+        findings.extend(episode_findings(episodes, params, comparison.label, len(comparison.group),
+                                         run.meta("parallel_mode"), limit))
+    for peers in data_parallel_peers(run, found):
+        findings.extend(data_not_sharded(run, peers))
     findings.extend(loss_nonfinite(run))
     return findings
 

@@ -35,6 +35,7 @@ class Episode:
     has_majority: bool
     grads_differed: Optional[bool] = None  # param episodes: did the same step's gradients differ?
     magnitude: list[str] = field(default_factory=list)
+    blocks: list[list[int]] = field(default_factory=list)  # no majority: ranks that agree among themselves
 
 
 class _Tracker:
@@ -59,12 +60,16 @@ class _Tracker:
         return episode
 
 
-def scan_group(run: Run, members: list[int], params: list[ParamInfo],
+def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Optional[dict[int, np.ndarray]] = None,
                weights: Optional[np.ndarray] = None) -> list[Episode]:
     """Vote on every recorded step of one replica group; return the episodes in order.
 
-    ``weights`` marks the columns compared as weights (default: the trainable ones); the
-    others are buffers, whose differences are only a warning."""
+    ``params`` are the parameters compared, at column ``cols[rank]`` of each member's
+    dump (default: every column, in order). ``weights`` marks those compared as weights
+    (default: the trainable ones); the others are buffers, whose differences are only a
+    warning."""
+    if cols is None:
+        cols = {r: np.arange(len(params)) for r in members}
     readers = [run.readers[r] for r in members]
     steps = np.unique(np.concatenate([r.steps for r in readers])) if readers else np.zeros(0, np.int64)
     trainable = np.array([p.trainable for p in params], bool) if weights is None else weights
@@ -90,8 +95,8 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo],
             if calm[kind][start:stop].all():
                 block[kind] = None
             else:
-                digests = np.stack([_read_block(r, kind, idx[start:stop], len(params))
-                                    for r, idx in zip(readers, rows)])  # (R, t, P, 2)
+                digests = np.stack([_read_block(r, kind, idx[start:stop], cols[m])
+                                    for m, r, idx in zip(members, readers, rows)])  # (R, t, P, 2)
                 mask = np.broadcast_to(present[kind][:, start:stop, None], digests.shape[:-1])
                 block[kind] = outlier_mask(digests, mask)
         for t in range(stop - start):
@@ -116,7 +121,9 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo],
             prev_step = step
     episodes = [e for tr in trackers.values() for e in tr.episodes]
     for e in episodes:
-        e.magnitude = _magnitude(run, members, params, e)
+        e.magnitude = _magnitude(run, members, params, cols, e)
+        if not e.has_majority and e.stage in ("init", "param"):
+            e.blocks = _blocks(run, members, cols, e)
     return sorted(episodes, key=lambda e: (e.step, e.stage))
 
 
@@ -135,22 +142,38 @@ def _take(series: np.ndarray, idx: np.ndarray, fill) -> np.ndarray:
 
 
 def _rollups_agree(rollups: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(T,) True where every present rank has the same rollup digest."""
+    """(T,) True where every present rank has the same rollup digest: then every
+    parameter agrees, whichever of them a comparison takes."""
     outliers, _ = outlier_mask(rollups, present)
     return ~outliers.any(axis=0)
 
 
-def _read_block(reader, kind: str, idx: np.ndarray, n_params: int) -> np.ndarray:
-    out = np.zeros((len(idx), n_params, 2), np.uint64)
+def _read_block(reader, kind: str, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(idx), len(cols), 2), np.uint64)
     ok = idx >= 0
     if ok.any():
         lo, hi = int(idx[ok].min()), int(idx[ok].max()) + 1
         rows = reader.digests(kind, lo, hi)
-        out[ok] = rows[idx[ok] - lo]
+        out[ok] = rows[idx[ok] - lo][:, cols]
     return out
 
 
-def _magnitude(run: Run, members: list[int], params: list[ParamInfo], e: Episode) -> list[str]:
+def _blocks(run: Run, members: list[int], cols: dict[int, np.ndarray], e: Episode) -> list[list[int]]:
+    """The ranks that agree with each other on the episode's parameters at its step."""
+    seen: dict[bytes, list[int]] = {}
+    for rank in members:
+        reader = run.readers[rank]
+        where = np.flatnonzero(reader.steps == e.step)
+        if not len(where):
+            continue
+        i = int(where[0])
+        row = reader.digests("param", i, i + 1)[0][cols[rank][e.columns]]
+        seen.setdefault(row.tobytes(), []).append(rank)
+    return sorted(seen.values())
+
+
+def _magnitude(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray],
+               e: Episode) -> list[str]:
     """How far apart: full-tensor max |diff| where kept, else the L2 norms on each side."""
     kind = "grad" if e.stage == "grad" else "param"
     good = [r for r in members if r not in e.ranks]
@@ -162,12 +185,13 @@ def _magnitude(run: Run, members: list[int], params: list[ParamInfo], e: Episode
         name = params[col].name
         for rank in e.ranks[:2]:
             reader = run.readers[rank]
-            mine, theirs = reader.full(kind, e.step, col), ref.full(kind, e.step, col)
+            mine_col, ref_col = int(cols[rank][col]), int(cols[ref.rank][col])
+            mine, theirs = reader.full(kind, e.step, mine_col), ref.full(kind, e.step, ref_col)
             if mine is not None and theirs is not None and mine.shape == theirs.shape:
                 diff = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
                 notes.append(f"{name}: max |diff| {np.nanmax(diff):.3g} between rank {rank} and rank {ref.rank}")
                 continue
-            l2_mine, l2_ref = _l2(reader, kind, e.step, col), _l2(ref, kind, e.step, col)
+            l2_mine, l2_ref = _l2(reader, kind, e.step, mine_col), _l2(ref, kind, e.step, ref_col)
             if l2_mine is not None and l2_ref is not None:
                 notes.append(f"{name}: L2 norm {l2_mine:.6g} on rank {rank}, {l2_ref:.6g} on rank {ref.rank}")
     return notes
@@ -182,25 +206,27 @@ def _l2(reader, kind: str, step: int, col: int) -> Optional[float]:
 
 
 # -- findings -------------------------------------------------------------------
-def episode_findings(episodes: list[Episode], params: list[ParamInfo], group: list[int],
+def episode_findings(episodes: list[Episode], params: list[ParamInfo], group: str, group_size: int,
                      parallel_mode: Optional[str], limit: int) -> list[Finding]:
+    """One finding per episode (at most ``limit`` per code); ``group`` names the replica
+    group in messages."""
     findings: list[Finding] = []
     counts: dict[str, int] = {}
     grad_episodes = [e for e in episodes if e.stage == "grad"]
     for e in episodes:
-        finding = _finding(e, params, group, parallel_mode, grad_episodes)
+        finding = _finding(e, params, group, group_size, parallel_mode, grad_episodes)
         counts[finding.code] = counts.get(finding.code, 0) + 1
         if counts[finding.code] <= limit:
             findings.append(finding)
     return findings
 
 
-def _finding(e: Episode, params: list[ParamInfo], group: list[int], parallel_mode: Optional[str],
+def _finding(e: Episode, params: list[ParamInfo], group: str, group_size: int, parallel_mode: Optional[str],
              grad_episodes: list[Episode]) -> Finding:
     names = tuple(params[c].name for c in e.columns)
     who = _who(e, group)
     where = _where(e)
-    extra = f" {'; '.join(e.magnitude)}." if e.magnitude else ""
+    extra = (f" {'; '.join(e.magnitude)}." if e.magnitude else "") + _blocks_hint(e)
     if e.stage == "init":
         frozen = [params[c].name for c in e.columns if not params[c].trainable]
         also = (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False "
@@ -213,7 +239,7 @@ def _finding(e: Episode, params: list[ParamInfo], group: list[int], parallel_mod
         return Finding("init_mismatch", Severity.ERROR, "init", e.step, tuple(e.ranks), names, message)
     if e.stage == "grad":
         hint = ("The job ran with parallel_mode stand_alone, so gradients are never all-reduced: set "
-                "parallel_mode=DATA_PARALLEL. " if parallel_mode == "stand_alone" and len(group) > 1 else "")
+                "parallel_mode=DATA_PARALLEL. " if parallel_mode == "stand_alone" and group_size > 1 else "")
         message = (f"Post-reduce gradients differ {where}: {who} in {len(names)} parameter(s): "
                    f"{name_list(names)}. {hint}Causes: the gradient reduction is missing or partial, "
                    f"uses the wrong group, or data was corrupted.{extra}")
@@ -239,12 +265,21 @@ def _finding(e: Episode, params: list[ParamInfo], group: list[int], parallel_mod
                    caused_by=caused_by)
 
 
-def _who(e: Episode, group: list[int]) -> str:
+def _who(e: Episode, group: str) -> str:
     ranks = ", ".join(str(r) for r in e.ranks)
     if e.has_majority:
         return f"rank(s) {ranks} differ from the majority of replica group {group}"
-    return (f"ranks {ranks} disagree and no majority decides which is right (replica group {group}); "
-            "all are suspects")
+    return f"ranks {ranks} (all suspects: no majority of replica group {group} decides which is right) differ"
+
+
+def _blocks_hint(e: Episode) -> str:
+    """With no majority but blocks of ranks that agree among themselves: perhaps shards."""
+    if len(e.blocks) < 2 or not all(len(b) > 1 for b in e.blocks):
+        return ""
+    blocks = " and ".join("{" + ", ".join(map(str, b)) + "}" for b in e.blocks)
+    return (f" The ranks fall into blocks that agree among themselves, {blocks}: if these hold different shards "
+            "by design (model or tensor parallel), declare each parameter's replica groups (replica_groups in a "
+            "config file, see the README).")
 
 
 def _where(e: Episode) -> str:

@@ -24,7 +24,7 @@ from distcheck.findings import Finding
 from distcheck.rules.registry import finding
 from distcheck.store.progress_file import read_progress
 from distcheck.store.reader import DumpReader, Stack
-from distcheck.store.schema import Phase, Status
+from distcheck.store.schema import FAIL_FAST_MESSAGE, Phase, Status
 from distcheck.store.sidecars import ProcessEnd, read_end, read_job, signal_name
 
 #: Gaps in time shorter than this (seconds) do not order two ranks' ends.
@@ -148,6 +148,9 @@ def check_ranks(run: Run) -> list[Finding]:
     if not unfinished:
         return findings
     job = _job(run)
+    if all(e.status == Status.ABORTED and e.message.startswith(FAIL_FAST_MESSAGE) for e in unfinished):
+        findings.append(_stopped_by_fail_fast(unfinished))
+        return findings
     stopped_by = job.get("stopped_by")
     outside = stopped_by in ("SIGTERM", "SIGINT") or (stopped_by is None and len(unfinished) == len(ends) > 1 and
                                                        all(e.status == Status.TERMINATED for e in unfinished))
@@ -202,6 +205,14 @@ def _stopped_from_outside(ends: list[RankEnd], job: dict) -> Finding:
                f"it completed, and no rank is to blame. " + "; ".join(f"rank {e.rank}: {e.how()}, {e.where()}"
                                                                      for e in sorted(ends, key=lambda e: e.rank)))
     return finding("job_stopped", min(steps) if steps[0] >= 0 else None, (), (), message)
+
+
+def _stopped_by_fail_fast(ends: list[RankEnd]) -> Finding:
+    step = min(e.completed for e in ends)
+    message = (f"The online check stopped the job after step {step}, as --fail-fast asks: "
+               f"{ends[0].message[len(FAIL_FAST_MESSAGE):]}. Every rank stopped together; the consistency "
+               "findings name the culprit.")
+    return finding("job_stopped", step if step >= 0 else None, (), (), message)
 
 
 def _blame(ends: dict[int, RankEnd], unfinished: list[RankEnd], job: dict) -> Finding:

@@ -1,73 +1,162 @@
-"""Replica groups, and whether their members hold the same parameters at all."""
+"""Which ranks to compare on which parameters, and whether they hold them alike.
+
+Each parameter's replica group (see :mod:`distcheck.replicas`) comes from the config's
+declaration, else what each rank's probe recorded (its declaration, or MindSpore's
+layout), else the parallel mode. Parameters sharing a group form one
+:class:`Comparison`; a pure data-parallel job is a single comparison of every rank on
+every parameter.
+"""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding, Severity, name_list
+from distcheck.findings import Finding, Note, Severity, name_list
+from distcheck.replicas import REPLICATED_MODES, Declaration, Group, Source
 from distcheck.store.schema import ParamInfo
 
-#: Parallel modes in which every rank holds a full replica of every parameter.
-REPLICATED_MODES = {"data_parallel", "stand_alone", None}
+
+class ReplicaConfigError(ValueError):
+    """The config's replica groups do not fit the run (unknown rank, unmatched glob)."""
 
 
-def replica_groups(run: Run, configured: Optional[list[list[int]]]) -> tuple[list[list[int]], list[Finding]]:
-    """The groups of ranks to compare, and a finding when they cannot be known."""
-    if configured:
-        return [sorted(g) for g in configured], []
-    recorded = run.meta("replica_groups")
-    if recorded:
-        return [sorted(g) for g in recorded], []
-    mode = run.meta("parallel_mode")
-    if mode in REPLICATED_MODES:
-        return [list(range(run.world_size))], []
-    note = Finding("replica_groups_unknown", Severity.WARNING, "run", None, (), (),
-                   f"parallel_mode is {mode}: ranks hold different shards, so distcheck cannot know which "
-                   "ranks are replicas of each other. List them in a config file (replica_groups: "
-                   "[[0, 2], [1, 3]]) and pass it with --config. No cross-rank comparison was made.")
-    return [], [note]
+@dataclass
+class Comparison:
+    group: Group  # the ranks that must agree on these parameters
+    names: list[str] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        """The group as messages name it, with where it came from unless obvious."""
+        ranks = f"[{', '.join(map(str, self.group))}]"
+        if self.sources and self.sources != {Source.DATA_PARALLEL.label}:
+            return f"{ranks} ({'/'.join(sorted(self.sources))})"
+        return ranks
 
 
-def common_structure(run: Run, members: list[int]) -> tuple[list[int], list[ParamInfo], list[Finding]]:
-    """The members whose parameter table matches the group's majority, that table, and findings."""
-    tables = {r: tuple((p.name, p.shape, p.dtype) for p in run.readers[r].params) for r in members}
-    if not tables:
-        return [], [], []
-    counts = Counter(tables.values())
+def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Comparison], list[Finding | Note]]:
+    """The comparisons to make, and what could not be compared. Raises
+    :class:`ReplicaConfigError` when ``declared`` names a rank the run does not have or
+    has an entry that matches no parameter."""
+    names_seen = {p.name for reader in run.readers.values() for p in reader.params}
+    if declared is not None:
+        try:
+            declared.check_ranks(run.world_size)
+        except ValueError as exc:
+            raise ReplicaConfigError(str(exc)) from None
+        unmatched = declared.unmatched(names_seen)
+        if unmatched and names_seen:
+            raise ReplicaConfigError(f"{'; '.join(unmatched)} match(es) no parameter of the run (e.g. "
+                                     f"{name_list(sorted(names_seen), 3)})")
+    legacy = Declaration.parse(run.meta("replica_groups"))  # dumps before per-parameter groups
+    replicated = run.meta("parallel_mode") in REPLICATED_MODES
+    by_group: dict[Group, Comparison] = {}
+    alone: dict[str, set[int]] = {}
+    unknown: dict[str, set[int]] = {}
+    for rank, reader in sorted(run.readers.items()):
+        recorded = reader.replica_groups()
+        for param, rec in zip(reader.params, recorded):
+            group, source = _group_of(param.name, rank, run.world_size, declared, rec, legacy, replicated)
+            if group is None:
+                unknown.setdefault(param.name, set()).add(rank)
+            elif len(group) < 2:
+                alone.setdefault(param.name, set()).add(rank)
+            else:
+                comparison = by_group.setdefault(group, Comparison(group))
+                if param.name not in comparison.names:
+                    comparison.names.append(param.name)
+                comparison.sources.add(source.label)
+    notes: list[Finding | Note] = []
+    if unknown:
+        names = sorted(unknown)
+        ranks = sorted({r for rs in unknown.values() for r in rs})
+        notes.append(Finding(
+            "replica_groups_unknown", Severity.WARNING, "run", None, tuple(ranks), tuple(names),
+            f"parallel_mode is {run.meta('parallel_mode')}: ranks hold different shards, and {len(names)} "
+            f"parameter(s) have no known replica group, so they were not compared across ranks: "
+            f"{name_list(names)}. Declare which ranks hold copies of each in a config file and pass it with "
+            "--config, e.g. replica_groups: [{params: \"mid.*\", groups: [[0, 2], [1, 3]]}, "
+            "{params: \"*\", groups: [[0, 1, 2, 3]]}]."))
+    if alone:
+        names = sorted(alone)
+        notes.append(Note("replica_groups", (), f"{len(names)} parameter(s) are held by one rank each (a replica "
+                          f"group of one), so they were health-checked but not compared across ranks: "
+                          f"{name_list(names)}"))
+    return sorted(by_group.values(), key=lambda c: (c.group[0], len(c.group))), notes
+
+
+def _group_of(name: str, rank: int, world_size: int, declared: Optional[Declaration], recorded,
+              legacy: Optional[Declaration], replicated: bool) -> tuple[Optional[Group], Source]:
+    if declared is not None:
+        group = declared.group_of(name, rank)
+        if group is not None:
+            return group, Source.DECLARED
+    if recorded is not None:
+        return recorded[0], Source(recorded[1])
+    if legacy is not None:
+        group = legacy.group_of(name, rank)
+        return group, Source.DATA_PARALLEL if group is not None and len(group) == world_size else Source.DECLARED
+    if replicated:
+        return tuple(range(world_size)), Source.DATA_PARALLEL
+    return None, Source.UNKNOWN
+
+
+def data_parallel_peers(run: Run, found: list[Comparison]) -> list[list[int]]:
+    """Ranks that replicate each other in every parameter they hold: they must read
+    different batches. (Ranks of one model-parallel group hold different shards and may
+    read the same batch.) Each rank's peers are the intersection of its groups."""
+    peers: dict[int, set[int]] = {r: set(run.readers) for r in run.readers}
+    held: set[int] = set()
+    for c in found:
+        for r in c.group:
+            if r in peers:
+                peers[r] &= set(c.group)
+                held.add(r)
+    classes = {tuple(sorted(peers[r])) for r in held}
+    return [list(c) for c in sorted(classes) if len(c) > 1]
+
+
+def common_structure(run: Run, members: list[int], names: list[str]
+                     ) -> tuple[list[int], list[ParamInfo], dict[int, np.ndarray], list[Finding]]:
+    """The members that hold ``names`` alike (same shapes and dtypes, as most members
+    do), those parameters, each member's column of each, and findings."""
+    tables = {r: {p.name: (i, p) for i, p in enumerate(run.readers[r].params)} for r in members}
+    signature = {r: tuple((n, tables[r][n][1].shape, tables[r][n][1].dtype) if n in tables[r] else (n, None, None)
+                          for n in names) for r in members}
+    if not members:
+        return [], [], {}, []
+    counts = Counter(signature.values())
     best, n = counts.most_common(1)[0]
     if n * 2 <= len(members) and len(counts) > 1:
-        # No majority table: keep the lowest rank's, flag everyone who differs from it.
-        best = tables[min(members)]
-    agree = [r for r in members if tables[r] == best]
-    odd = [r for r in members if tables[r] != best]
+        # No majority: keep the lowest rank's, flag everyone who differs from it.
+        best = signature[min(members)]
+    agree = [r for r in members if signature[r] == best]
+    odd = [r for r in members if signature[r] != best]
     findings = []
     if odd:
-        ref = dict((name, (shape, dtype)) for name, shape, dtype in best)
-        differing: set[str] = set()
-        for r in odd:
-            mine = {name: (shape, dtype) for name, shape, dtype in tables[r]}
-            differing |= {k for k in set(ref) | set(mine) if ref.get(k) != mine.get(k)}
-            if not differing and list(mine) != list(ref):
-                differing.add("(parameter order)")
-        names = tuple(sorted(differing))
+        differing = sorted({a[0] for r in odd for a, b in zip(signature[r], best) if a != b})
         findings.append(Finding(
-            "structure_mismatch", Severity.ERROR, "init", 0, tuple(odd), names,
+            "structure_mismatch", Severity.ERROR, "init", 0, tuple(odd), tuple(differing),
             f"Rank(s) {', '.join(map(str, odd))} hold different parameters (names, shapes or dtypes) from "
-            f"rank(s) {', '.join(map(str, agree))}: {name_list(names)}. Every replica must build the same "
-            "network; check for rank-dependent model code or configuration. These ranks were left out of "
-            "the value comparisons."))
-    params = list(run.readers[agree[0]].params)
-    return agree, params, findings
+            f"rank(s) {', '.join(map(str, agree))} of their replica group: {name_list(differing)}. Every replica "
+            "must build the same network; check for rank-dependent model code or configuration. These ranks "
+            "were left out of the value comparisons."))
+    present = [n for n, shape, _ in best if shape is not None]
+    params = [tables[agree[0]][n][1] for n in present]
+    cols = {r: np.array([tables[r][n][0] for n in present], np.int64) for r in agree}
+    return agree, params, cols, findings
 
 
 #: Names of running statistics a network updates itself (BatchNorm and alike).
 _RUNNING = ("moving_mean", "moving_variance", "running_mean", "running_var", "num_batches_tracked")
 
 
-def weight_mask(run: Run, members: list[int], params: list[ParamInfo]) -> np.ndarray:
+def weight_mask(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray]) -> np.ndarray:
     """Which parameters are weights, compared like trainable ones: the trainable ones, and
     frozen weights (``requires_grad=False`` but never changed by the network: a frozen
     pretrained backbone, the embeddings of a fine-tune). The other non-trainable ones are
@@ -85,8 +174,8 @@ def weight_mask(run: Run, members: list[int], params: list[ParamInfo]) -> np.nda
         if reader.n_steps < 2:
             continue
         spans += 1
-        first = reader.digests("param", 0, 1)[0]
-        last = reader.digests("param", reader.n_steps - 1, reader.n_steps)[0]
+        first = reader.digests("param", 0, 1)[0][cols[r]]
+        last = reader.digests("param", reader.n_steps - 1, reader.n_steps)[0][cols[r]]
         changed |= np.any(first != last, axis=-1)
     for c in frozen:
         if spans:

@@ -18,7 +18,8 @@ from mindspore.nn import Cell
 from mindspore.train import Callback, RunContext
 
 from distcheck.mindspore.activations import find_activation_taps
-from distcheck.mindspore.capture import GradCapture, find_grad_capture, install_grad_capture
+from distcheck.mindspore.capture import (SHARDED_NO_CAPTURE, GradCapture, find_grad_capture, grads_too_costly,
+                                        install_grad_capture)
 from distcheck.mindspore.probe import Probe, split_outputs
 from distcheck.recording import Phase, ProbeOptions, log
 
@@ -48,10 +49,14 @@ class DistcheckCallback(Callback):
         sink = args.get("sink_size") if args.get("dataset_sink_mode") else None
         self.probe = Probe(args.network, run_dir=self.run_dir, options=self.options, meta={"sink_size": sink},
                            optimizer=args.get("optimizer"))
-        with self.probe.guard("cannot wrap the optimizer"):
-            capture = _capture_for(args.train_network, self.probe.rank)
-            if capture is not None:
-                self.probe.wrap(capture)
+        self.probe.train_network = args.train_network
+        if grads_too_costly():
+            self.probe.meta["gradients"] = SHARDED_NO_CAPTURE
+        else:
+            with self.probe.guard("cannot wrap the optimizer"):
+                capture = _capture_for(args.train_network, self.probe.rank)
+                if capture is not None:
+                    self.probe.wrap(capture)
         with self.probe.guard("cannot tap activations"):
             _tap_activations(self.probe, args.train_network)
         self.probe.labels_by_updates = True

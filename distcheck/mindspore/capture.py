@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
@@ -65,6 +66,17 @@ class GradCapture(nn.Cell):
         counted = ops.assign_add(self.applied, ops.ones((), mstype.int32))
         gradients = ops.depend(gradients, (stored, counted))
         return self.optimizer(gradients)
+
+
+#: Why gradients are not captured in semi/auto parallel (recorded in the metadata).
+SHARDED_NO_CAPTURE = ("not captured: in semi/auto parallel a copy of every gradient would double the "
+                      "parameters' device memory, which large sharded models cannot spare; parameters and "
+                      "loss are recorded")
+
+
+def grads_too_costly() -> bool:
+    """Whether `Model.train` runs without a gradient capture: in semi/auto parallel."""
+    return str(ms.get_auto_parallel_context("parallel_mode")) in ("semi_auto_parallel", "auto_parallel")
 
 
 def _cells(network: nn.Cell) -> Iterator[nn.Cell]:

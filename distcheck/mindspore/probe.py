@@ -23,6 +23,8 @@ Heartbeats say where the training thread is (`Phase`); a custom loop is in
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ from mindspore import Parameter, Tensor, nn
 from distcheck.mindspore.activations import ActivationTap, install_activation_probes
 from distcheck.mindspore.capture import GradCapture
 from distcheck.mindspore.cells import network_parameters
+from distcheck.mindspore.layouts import SHARDED_MODES, layout_groups
 from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
 from distcheck.recording import (ConsistencyError, ParamInfo, Phase, ProbeError, ProbeOptions, Recorder, log,
@@ -61,12 +64,22 @@ class Probe:
         meta: extra run metadata, merged over what the probe finds itself.
         optimizer: the optimizer, when not given through `wrap()`; only described
             in the metadata (``meta["static"]``, see `describe_training`).
+        replica_groups: which ranks must hold identical copies of which parameters,
+            in the config's form: ``[[0, 2], [1, 3]]`` for every parameter, or
+            ``[{"params": "mid.*", "groups": [[0, 2, 4], [1, 3, 5]]}, {"params": "*",
+            "groups": [[0, 1, 2, 3, 4, 5]]}]`` (first matching glob wins). Overrides
+            ``$DISTCHECK_REPLICA_GROUPS``. Without it: MindSpore's compiled layouts in
+            semi/auto parallel, every rank otherwise.
     """
 
     def __init__(self, network: nn.Cell, *, run_dir: str | None = None, options: ProbeOptions | None = None,
                  world: World | None = None, meta: dict[str, Any] | None = None,
-                 optimizer: nn.Cell | None = None) -> None:
+                 optimizer: nn.Cell | None = None, replica_groups: list | None = None) -> None:
         self.network = network
+        self.replica_groups = replica_groups
+        #: The compiled train cell, where semi/auto parallel keeps the parameters' layouts.
+        self.train_network: nn.Cell | None = None
+        self._layouts_known = False
         self.run_dir = run_dir or run_dir_from_env()
         self.options = options
         self.world = world
@@ -149,7 +162,11 @@ class Probe:
             if static is not None and self.world.rank == 0:
                 report_static(static)
             taps = [(tap.name, tap.kind) for tap in self.taps]
-            self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options, activations=taps)
+            if self.replica_groups is not None:
+                options = dataclasses.replace(options, replica_groups=json.dumps(self.replica_groups))
+            layouts = self._layouts()
+            self._recorder = Recorder.open(self.run_dir, self.world, infos, meta, options, activations=taps,
+                                           layouts=layouts)
         if self._recorder is None:
             # Still join the online checks, saying "nothing from me", so no rank waits for this one.
             self._recorder = Recorder.offline(self.world, options, run_dir=self.run_dir, why="probe failed to start")
@@ -214,6 +231,11 @@ class Probe:
             self._recorder.enter(then)
             return
         run_step, self._pending = self._pending, None
+        if not self._layouts_known and self.enabled:  # compiled by the first step
+            with self.guard("cannot read the parallel layouts"):
+                layouts = self._layouts()
+                if layouts:
+                    self._recorder.set_replicas(layouts, _parallel_mode())
         if self.wants(run_step):
             with self.guard(f"step {step}"):
                 self._record(run_step, grads_valid, loss_value(loss), batch_arrays(batch))
@@ -257,6 +279,16 @@ class Probe:
         # a loss-scale overflow skipped); before the first step they hold zeros.
         activations = [tap.stats() for tap in self.taps] if self.taps and forward_ran else None
         self._recorder.record(step, params, grads, loss, batch, activations=activations)
+
+    def _layouts(self) -> dict[str, tuple[int, ...]] | None:
+        """Replica groups from the compiled parallel layouts (semi/auto parallel only);
+        None until they are known."""
+        if _parallel_mode() not in SHARDED_MODES or self.world is None:
+            self._layouts_known = True
+            return None
+        groups = layout_groups([self.train_network, self.network], self.world.rank)
+        self._layouts_known = bool(groups)
+        return groups or None
 
     def _static(self) -> dict[str, Any] | None:
         """`describe_training` for the metadata; None (and one log line) if it fails."""
@@ -432,10 +464,7 @@ def default_world() -> World:
 
 def framework_meta(world_size: int, sink_size: int | None = None) -> dict[str, Any]:
     """Run metadata the recorder stores: parallel setup, execution mode, seeds."""
-    parallel_mode = str(ms.get_auto_parallel_context("parallel_mode"))
-    # Only plain data parallelism keeps whole replicas on every rank. Other modes shard
-    # parameters, so which ranks should agree is not known here.
-    replicas = [list(range(world_size))] if parallel_mode == "data_parallel" else None
+    parallel_mode = _parallel_mode()
     return {
         "framework": "mindspore",
         "framework_version": ms.__version__,
@@ -443,10 +472,13 @@ def framework_meta(world_size: int, sink_size: int | None = None) -> dict[str, A
         "mode": "GRAPH_MODE" if ms.get_context("mode") == ms.GRAPH_MODE else "PYNATIVE_MODE",
         "parallel_mode": parallel_mode,
         "gradients_mean": bool(ms.get_auto_parallel_context("gradients_mean")),
-        "replica_groups": replicas,
         "sink_size": sink_size,
         "seeds": seeds(),
     }
+
+
+def _parallel_mode() -> str:
+    return str(ms.get_auto_parallel_context("parallel_mode"))
 
 
 def seeds() -> dict[str, Any]:

@@ -1,21 +1,25 @@
 """The online check: compare parameter digests across ranks while the job runs.
 
 Two rounds keep the common case cheap and every rank in step: first a fixed header
-(ok flag, step, parameter count, rollup digest) from each rank; only if the rollups
-differ, the per-parameter digests. A rank with nothing to give (its probe failed)
-sends ok=0, and then every rank switches the check off together, so no rank ever
-waits in an all-gather that another skipped.
+(ok flag, step, parameter count, digest of the parameter table, rollup digest) from
+each rank; only if the rollups differ, the per-parameter digests, each with the
+*leader* of its replica group (its lowest rank, see :mod:`distcheck.replicas`). Every
+rank then votes within every group the same way, so all reach the same verdict, and
+in a sharded job shards that differ by design are never compared. A rank with nothing
+to give (its probe failed) sends ok=0, and then every rank switches the check off
+together, so no rank ever waits in an all-gather that another skipped.
 """
 from __future__ import annotations
 
+import json
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from distcheck.digest import digest_rows
+from distcheck.digest import digest, digest_rows
 from distcheck.recording.faults import PlantedFault, plant
 from distcheck.recording.options import log
-from distcheck.store.schema import ParamInfo
+from distcheck.store.schema import FAIL_FAST_MESSAGE, ParamInfo
 from distcheck.vote import majority
 from distcheck.world import World
 
@@ -31,6 +35,13 @@ class OnlineCheck:
         self.every, self.online_every, self.fail_fast = every, online_every, fail_fast
         self.on = world is not None and world.size > 1
         self._done: Optional[int] = None
+        self._leaders = np.full(len(self.params), -1, np.int64)
+        table = json.dumps([(p.name, list(p.shape), p.dtype) for p in self.params]).encode()
+        self._table = digest(np.frombuffer(table, np.uint8))[0]
+
+    def set_leaders(self, leaders: Sequence[int]) -> None:
+        """Each parameter's replica-group leader on this rank (-1: not compared)."""
+        self._leaders = np.array(list(leaders), np.int64)
 
     def off(self, why: str) -> None:
         """Switch the check off on this rank only. Safe only where every rank does the same."""
@@ -56,30 +67,25 @@ class OnlineCheck:
         except PlantedFault as exc:
             log(f"online check on rank {self.world.rank}: {exc}; taking part with nothing to give")
             rows = None
-        header = np.zeros(5, np.uint64)
+        header = np.zeros(6, np.uint64)
         if rows is not None:
-            header[:] = (1, step, len(self.params), *digest_rows(rows))
+            header[:] = (1, step, len(self.params), self._table, *digest_rows(rows))
         gathered = self._allgather(header, step)
         if gathered is None:
             return
-        if not (np.all(gathered[:, 0] == 1) and np.all(gathered[:, 1:3] == gathered[0, 1:3])):
+        if not (np.all(gathered[:, 0] == 1) and np.all(gathered[:, 1:4] == gathered[0, 1:4])):
             missing = [int(r) for r in np.flatnonzero(gathered[:, 0] != 1)]
             self.off(f"rank(s) {missing} recorded nothing at step {step}" if missing
-                     else f"not every rank recorded the same parameters at step {step}")
+                     else f"ranks hold different parameters (names, shapes or dtypes; pipeline stages?) at step "
+                          f"{step}; the analyzer compares them after the job")
             return
-        if np.all(gathered[:, 3:] == gathered[0, 3:]):
+        if np.all(gathered[:, 4:] == gathered[0, 4:]):
             return
-        digests = self._allgather(rows, step)
-        if digests is None:
+        mine = np.concatenate([rows, self._leaders.astype(np.uint64)[:, None]], axis=1)  # (P, 3)
+        gathered = self._allgather(mine, step)
+        if gathered is None:
             return
-        bad_params, bad_ranks = [], set()
-        for i, info in enumerate(self.params):
-            if not info.trainable:
-                continue
-            culprits = majority([tuple(d) for d in digests[:, i]]).outliers
-            if culprits:
-                bad_params.append(info.name)
-                bad_ranks.update(culprits)
+        bad_params, bad_ranks = self._vote(gathered)
         if not bad_params:
             return
         ranks = sorted(bad_ranks)
@@ -88,8 +94,28 @@ class OnlineCheck:
         if self.world.rank == 0 or self.world.rank in ranks:
             log(message)
         if self.fail_fast:
-            on_mismatch(f"fail-fast: {message}")
+            on_mismatch(f"{FAIL_FAST_MESSAGE}{message}")
             raise ConsistencyError(message)
+
+    def _vote(self, gathered: np.ndarray) -> tuple[list[str], set[int]]:
+        """Parameters whose replicas disagree, and the ranks outside each majority.
+        ``gathered`` is (R, P, 3): two digest words and the group leader per parameter."""
+        bad_params, bad_ranks = [], set()
+        leaders = gathered[:, :, 2].astype(np.int64)
+        for i, info in enumerate(self.params):
+            if not info.trainable:
+                continue
+            culprits: set[int] = set()
+            for leader in np.unique(leaders[:, i]):
+                members = np.flatnonzero(leaders[:, i] == leader)
+                if leader < 0 or len(members) < 2:
+                    continue
+                outliers = majority([tuple(gathered[r, i, :2]) for r in members]).outliers
+                culprits.update(int(members[o]) for o in outliers)
+            if culprits:
+                bad_params.append(info.name)
+                bad_ranks.update(culprits)
+        return bad_params, bad_ranks
 
     def _allgather(self, array: np.ndarray, step: int) -> Optional[np.ndarray]:
         try:

@@ -1,10 +1,13 @@
 """What a probe records, read from ``DISTCHECK_*`` variables set by ``distcheck launch``."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
 from typing import Optional
+
+from distcheck.replicas import Declaration, DeclarationError
 
 ENV_RUN_DIR = "DISTCHECK_RUN_DIR"
 
@@ -55,6 +58,8 @@ class ProbeOptions:
     it (0: unknown); ranks then agree through files that each has a working probe
     before their first collective check. ``labels``: which batch tensor holds the class
     labels: "auto" (the last 1-D integer tensor), "none", or an index into the batch.
+    ``replica_groups``: declared replica groups as JSON, in the config's form (see
+    :mod:`distcheck.replicas`); empty: none declared.
     """
 
     every: int = 1
@@ -67,6 +72,7 @@ class ProbeOptions:
     strict: bool = False
     local_world: int = 0
     labels: str = "auto"
+    replica_groups: str = ""
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -83,6 +89,7 @@ class ProbeOptions:
             strict=_flag("DISTCHECK_STRICT"),
             local_world=max(0, _env("DISTCHECK_LOCAL_WORLD", 0, int)),
             labels=_env("DISTCHECK_LABELS", "auto", _labels),
+            replica_groups=os.environ.get("DISTCHECK_REPLICA_GROUPS", "").strip(),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -97,7 +104,19 @@ class ProbeOptions:
             "DISTCHECK_STRICT": "1" if self.strict else "0",
             "DISTCHECK_LOCAL_WORLD": str(self.local_world),
             "DISTCHECK_LABELS": self.labels,
+            "DISTCHECK_REPLICA_GROUPS": self.replica_groups,
         }
+
+    def declaration(self) -> Optional[Declaration]:
+        """The declared replica groups (see :mod:`distcheck.replicas`); a malformed
+        declaration raises :class:`~distcheck.replicas.DeclarationError`."""
+        if not self.replica_groups:
+            return None
+        try:
+            value = json.loads(self.replica_groups)
+        except ValueError as exc:
+            raise DeclarationError(f"DISTCHECK_REPLICA_GROUPS is not valid JSON: {exc}") from None
+        return Declaration.parse(value)
 
     @property
     def label_index(self) -> Optional[int]:

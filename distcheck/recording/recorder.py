@@ -32,6 +32,7 @@ from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
 from distcheck.recording.progress import Progress, StepNumbering
 from distcheck.recording.summaries import step_row
+from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, leaders, resolve
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
 from distcheck.store.progress_file import ProgressFile, progress_path
@@ -68,10 +69,15 @@ class Recorder:
 
     @classmethod
     def open(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict,
-             options: Optional[ProbeOptions] = None, activations: Sequence[tuple[str, str]] = ()) -> "Recorder":
+             options: Optional[ProbeOptions] = None, activations: Sequence[tuple[str, str]] = (),
+             layouts: Optional[dict[str, Group]] = None) -> "Recorder":
         """This rank's recorder for ``run_dir``. The first call creates the dump; a
         later call in the same process (a second training call) continues it as a
-        new segment if the parameters are the same, and records nothing otherwise."""
+        new segment if the parameters are the same, and records nothing otherwise.
+
+        Each parameter's replica group comes from the options' declaration, then
+        ``layouts`` (name -> group of ranks), then the parallel mode in ``meta``
+        (see :mod:`distcheck.replicas`)."""
         options = options or ProbeOptions.from_env()
         params = list(params)
         path = os.path.join(run_dir, schema.file_name(world.rank))
@@ -90,6 +96,7 @@ class Recorder:
             if options.strict:
                 raise ProbeError(f"cannot write to {run_dir}: {exc}") from exc
         rec = cls(writer, world, params, options)
+        rec.set_replicas(layouts, meta.get("parallel_mode"))
         if writer is not None:
             try:
                 rec.progress.mirror = ProgressFile(progress_path(run_dir, world.rank))
@@ -119,6 +126,38 @@ class Recorder:
         os.makedirs(run_dir, exist_ok=True)
         DumpWriter(path, list(params), _attrs(world, meta, options)).close(Status.RECORDING_STOPPED,
                                                                          f"probe error: {why}")
+
+    def set_replicas(self, layouts: Optional[dict[str, Group]], parallel_mode: Optional[str]) -> None:
+        """Decide and record each parameter's replica group (again, once a compiled
+        layout is known), and tell the online check. A bad declaration is logged and
+        left out (re-raised with ``strict``)."""
+        if self.world is None or not self.params:
+            return
+        declaration = None
+        try:
+            declaration = self.options.declaration()
+            if declaration is not None:
+                declaration.check_ranks(self.world.size)
+                unmatched = declaration.unmatched(p.name for p in self.params)
+                if unmatched and self.rank == 0:
+                    log(f"{'; '.join(unmatched)} match(es) no parameter of this network")
+        except DeclarationError as exc:
+            log(f"replica groups not used: {exc}")
+            if self.options.strict:
+                raise ProbeError(str(exc)) from exc
+            declaration = None
+        replicated = parallel_mode in REPLICATED_MODES
+        groups, sources = resolve([p.name for p in self.params], self.world.rank, self.world.size, declaration,
+                                  layouts, replicated)
+        self.online.set_leaders(leaders(groups))
+        if self.writer is not None:
+            try:
+                left_out = self.writer.set_replicas(groups, [int(s) for s in sources])
+                if left_out:
+                    log(f"rank {self.rank}: {left_out} parameter(s) have replica groups beyond the "
+                        f"{schema.MAX_GROUPS} distinct ones a dump records; they are not compared")
+            except Exception as exc:
+                self.disable(f"cannot record replica groups: {type(exc).__name__}: {exc}")
 
     def _start(self) -> None:
         watch(self)

@@ -12,11 +12,14 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
                  fail_on: str = "error") -> int:
     """Analyse ``run_dirs``, write the report to ``output`` (stdout if None) and
     return the exit code: 2 on input errors, else 1 on findings at or above ``fail_on``."""
-    from distcheck.analysis import analyze
+    from distcheck.analysis import ReplicaConfigError, analyze
     from distcheck.findings import Severity
     from distcheck.rules import health_checks
 
-    analysis = analyze(run_dirs, config, checks=[health_checks])
+    try:
+        analysis = analyze(run_dirs, config, checks=[health_checks])
+    except ReplicaConfigError as exc:
+        raise UsageError(f"the config does not fit this run: {exc}") from None
     if fmt == "json":
         from distcheck.report.json_report import render_json
 

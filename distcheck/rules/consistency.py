@@ -124,10 +124,13 @@ document("rank_stalled", Severity.ERROR, "run", "a rank stopped making progress;
     Fix: look at the named file and line.
     """)
 
-document("job_stopped", Severity.INFO, "run", "the job was stopped from outside", """
+document("job_stopped", Severity.INFO, "run", "the job was stopped on purpose: from outside, or by --fail-fast", """
     Phenomenon: the job was stopped by a signal from outside (SIGTERM or SIGINT to
-    ``distcheck launch``, a scheduler's preemption, a Ctrl-C) before training ended. Every
-    rank closed its dump as terminated with the steps it completed; no rank is to blame.
+    ``distcheck launch``, a scheduler's preemption, a Ctrl-C) before training ended, or
+    the online check stopped it on every rank at once because replicas differed and
+    ``--fail-fast`` asked for that. Every rank closed its dump with the steps it completed;
+    no rank is to blame for the stop (the consistency findings name the culprit of a
+    fail-fast stop).
 
     Fix: nothing, unless the stop was not expected.
     """)

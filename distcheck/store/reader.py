@@ -176,6 +176,17 @@ class DumpReader:
     def rollups(self, kind: str) -> np.ndarray:
         return self.series(schema.ROLLUP)[:, schema.KINDS.index(kind)]
 
+    def replica_groups(self) -> list[Optional[tuple[tuple[int, ...], int]]]:
+        """Per parameter, (its replica group, the group's source) as the probe recorded
+        it, or None where unknown (and in dumps older than this record)."""
+        if schema.REPLICA_GROUP not in self._file:
+            return [None] * len(self.params)
+        index = self._read(schema.REPLICA_GROUP, ())
+        members = self._read(schema.REPLICA_MEMBERS, ())
+        sources = self._read(schema.REPLICA_SOURCE, ())
+        groups = [tuple(int(r) for r in np.flatnonzero(np.unpackbits(row))) for row in members]
+        return [(groups[i], int(sources[i])) if 0 <= i < len(groups) and sources[i] else None for i in index]
+
     def skipped(self) -> np.ndarray:
         """(K,) for each training step whose update a loss-scale overflow skipped, the
         run step of the last update before it (empty in dumps older than this record)."""

@@ -43,6 +43,12 @@ STACK_STEP = "stacks/step"  # (S,) int64: last completed step
 STACK_PHASE = "stacks/phase"  # (S,) int8: Phase
 STACK_TEXT = "stacks/text"  # (S,) fixed bytes, innermost frame last
 STACK_BYTES = 8192
+# Replica groups: which ranks must hold identical copies of each parameter (see
+# distcheck.replicas). Written when known: at the start, or once the layout is compiled.
+REPLICA_GROUP = "params/replica_group"  # (P,) int16: row of REPLICA_MEMBERS, -1 unknown
+REPLICA_MEMBERS = "replicas/members"  # (MAX_GROUPS, ceil(world / 8)) uint8: np.packbits of membership
+REPLICA_SOURCE = "replicas/source"  # (MAX_GROUPS,) int8: distcheck.replicas.Source, 0 for an unused row
+MAX_GROUPS = 64  # distinct replica groups one rank records; parameters beyond are "unknown"
 # Training steps that applied no update because a dynamic loss scale found an overflow.
 SKIPPED = "skipped/after"  # (K,) int64: the run step of the last update before each skipped step
 FULL = "full"
@@ -78,6 +84,10 @@ class Status(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", " ")
+
+
+#: How an ABORTED dump's message starts when the online check stopped the job (--fail-fast).
+FAIL_FAST_MESSAGE = "fail-fast: "
 
 
 class Phase(enum.IntEnum):

@@ -90,6 +90,10 @@ class DumpWriter:
         for path, dtype in ((schema.STACK_TIME, np.float64), (schema.STACK_STEP, np.int64),
                             (schema.STACK_PHASE, np.int8), (schema.STACK_TEXT, f"S{schema.STACK_BYTES}")):
             f.create_dataset(path, shape=(0,), maxshape=(None,), chunks=(8,), dtype=dtype)
+        f.create_dataset(schema.REPLICA_GROUP, data=np.full(len(self.params), -1, np.int16))
+        width = max(1, (int(attrs.get("world_size", 1) or 1) + 7) // 8)
+        f.create_dataset(schema.REPLICA_MEMBERS, data=np.zeros((schema.MAX_GROUPS, width), np.uint8))
+        f.create_dataset(schema.REPLICA_SOURCE, data=np.zeros(schema.MAX_GROUPS, np.int8))
         f.create_dataset(schema.SKIPPED, shape=(0,), maxshape=(None,), chunks=(256,), dtype=np.int64)
         f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
         f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
@@ -119,6 +123,40 @@ class DumpWriter:
             self._rows += 1
             if self._rows == schema.BLOCK or time.time() - self._last_flush >= self.flush_seconds:
                 self._flush_locked()
+
+    def set_replicas(self, groups: Sequence, sources: Sequence[int]) -> int:
+        """Record each parameter's replica group (a tuple of ranks, or None if unknown)
+        and where it came from. Returns how many parameters were left unknown because
+        this rank has more than ``MAX_GROUPS`` distinct groups."""
+        rows: dict[tuple, int] = {}
+        index = np.full(len(self.params), -1, np.int16)
+        with self._lock:
+            if self._closed:
+                return 0
+            members = self._file[schema.REPLICA_MEMBERS]
+            width = members.shape[1]
+            table = np.zeros(members.shape, np.uint8)
+            source = np.zeros(schema.MAX_GROUPS, np.int8)
+            left_out = 0
+            for i, (group, src) in enumerate(zip(groups, sources)):
+                if group is None:
+                    continue
+                key = (tuple(group), int(src))
+                if key not in rows:
+                    if len(rows) == schema.MAX_GROUPS or max(group) >= width * 8:
+                        left_out += 1
+                        continue
+                    bits = np.zeros(width * 8, bool)
+                    bits[list(group)] = True
+                    table[len(rows)] = np.packbits(bits)
+                    source[len(rows)] = int(src)
+                    rows[key] = len(rows)
+                index[i] = rows[key]
+            members[...] = table
+            self._file[schema.REPLICA_SOURCE][...] = source
+            self._file[schema.REPLICA_GROUP][...] = index
+            self._file.flush()
+        return left_out
 
     def skip(self, after_step: int) -> None:
         """Note a training step that applied no update (a loss-scale overflow), after
