@@ -87,6 +87,14 @@ def replica_group(rank: int, layout: ParamLayout) -> Group:
     return tuple(stage * devices + i for i in range(devices) if key(i) == mine)
 
 
+def on_last_stage(rank: int, world_size: int, stages: int) -> bool:
+    """Whether ``rank`` is on the last pipeline stage, the one that computes the loss
+    (with ``stages`` stages of ``world_size / stages`` ranks each)."""
+    if stages <= 1 or world_size % stages:
+        return True
+    return rank // (world_size // stages) == stages - 1
+
+
 def from_layout_tuple(layout: Sequence, opt_group_ranks: Sequence[int] = ()) -> ParamLayout:
     """A :class:`ParamLayout` from an entry of ``parameter_layout_dict``: ``(dev_matrix,
     tensor_map, slice_shape, field_size, uniform_split, opt_shard_group, ...)``, with the

@@ -9,7 +9,7 @@ import pytest
 
 from distcheck.analysis import analyze
 from distcheck.config import load_config
-from distcheck.layout import ParamLayout, from_layout_tuple, from_strategy_item, replica_group
+from distcheck.layout import ParamLayout, from_layout_tuple, from_strategy_item, on_last_stage, replica_group
 from distcheck.recording import ConsistencyError, ParamInfo, ProbeOptions, Recorder
 from distcheck.replicas import Declaration, DeclarationError, Source, leaders, resolve
 from distcheck.world import FakeWorld
@@ -83,6 +83,9 @@ def test_pipeline_stages_replicate_only_within_their_stage():
     layout = ParamLayout(dev_matrix=(4,), tensor_map=(-1,))  # a stage of 4 devices, data parallel
     assert replica_group(1, layout) == (0, 1, 2, 3) and replica_group(6, layout) == (4, 5, 6, 7)
     assert replica_group(13, ParamLayout((2, 2), (0,))) == (13, 15)  # stage 3 of 2x2
+    # only the last stage computes the loss
+    assert [on_last_stage(r, 8, 2) for r in (0, 3, 4, 7)] == [False, False, True, True]
+    assert on_last_stage(0, 8, 1)
 
 
 def test_layouts_in_mindspore_s_own_formats():

@@ -38,6 +38,7 @@ from mindspore import Parameter, Tensor, nn
 from distcheck.mindspore.activations import ActivationTap, install_activation_probes
 from distcheck.mindspore.capture import GradCapture
 from distcheck.mindspore.cells import network_parameters
+from distcheck.layout import on_last_stage
 from distcheck.mindspore.layouts import SHARDED_MODES, layout_groups
 from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
@@ -80,6 +81,7 @@ class Probe:
         #: The compiled train cell, where semi/auto parallel keeps the parameters' layouts.
         self.train_network: nn.Cell | None = None
         self._layouts_known = False
+        self._computes_loss = True  # False on pipeline stages before the last
         self.run_dir = run_dir or run_dir_from_env()
         self.options = options
         self.world = world
@@ -159,6 +161,9 @@ class Probe:
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
             static = self._static()
             meta = {**framework_meta(self.world.size), "static": static, **self.meta}
+            self._computes_loss = on_last_stage(self.world.rank, self.world.size, meta["pipeline_stages"])
+            if not self._computes_loss:
+                meta["loss"] = "not recorded: this rank is not on the last pipeline stage, which computes the loss"
             if static is not None and self.world.rank == 0:
                 report_static(static)
             taps = [(tap.name, tap.kind) for tap in self.taps]
@@ -238,7 +243,8 @@ class Probe:
                     self._recorder.set_replicas(layouts, _parallel_mode())
         if self.wants(run_step):
             with self.guard(f"step {step}"):
-                self._record(run_step, grads_valid, loss_value(loss), batch_arrays(batch))
+                loss = loss_value(loss) if self._computes_loss else None
+                self._record(run_step, grads_valid, loss, batch_arrays(batch))
         self._join_online(run_step)
         self._recorder.enter(then)
 
@@ -472,6 +478,7 @@ def framework_meta(world_size: int, sink_size: int | None = None) -> dict[str, A
         "mode": "GRAPH_MODE" if ms.get_context("mode") == ms.GRAPH_MODE else "PYNATIVE_MODE",
         "parallel_mode": parallel_mode,
         "gradients_mean": bool(ms.get_auto_parallel_context("gradients_mean")),
+        "pipeline_stages": _pipeline_stages(),
         "sink_size": sink_size,
         "seeds": seeds(),
     }
@@ -479,6 +486,13 @@ def framework_meta(world_size: int, sink_size: int | None = None) -> dict[str, A
 
 def _parallel_mode() -> str:
     return str(ms.get_auto_parallel_context("parallel_mode"))
+
+
+def _pipeline_stages() -> int:
+    try:
+        return max(1, int(ms.get_auto_parallel_context("pipeline_stages")))
+    except Exception:  # not every version or mode has it
+        return 1
 
 
 def seeds() -> dict[str, Any]:
