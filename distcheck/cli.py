@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Analyse the per-rank dumps in RUN_DIR (several directories, one per "
                                    "node, are merged into one run).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="spread the analysis over K local processes (under mpirun: over its processes)")
     add_report_options(p)
     p.set_defaults(handler=cmd_analyze)
 
@@ -115,8 +117,10 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from distcheck.report import write_report
 
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     config = _config(args.config)
-    return write_report(args.run_dirs, config, args.format, args.output, args.fail_on)
+    return write_report(args.run_dirs, config, args.format, args.output, args.fail_on, workers=args.workers)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -99,6 +99,14 @@ def test_bad_config_is_a_clear_error(tmp_path):
         assert code == 2 and message in err and "Traceback" not in err, err
 
 
+def test_launch_checks_declared_replica_groups_against_the_job(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("replica_groups:\n  - params: 'mid.*'\n    groups: [[0, 2], [1, 3]]\n")
+    code, _, err = _run("launch", "-n", "2", "--config", str(cfg), "--out", str(tmp_path / "run"), "--",
+                        "python", "-c", "pass")
+    assert code == 2 and "entry 1 (params: 'mid.*'): rank(s) 2, 3 do not exist in a job of 2" in err, err
+
+
 ISOLATION = """
 import sys
 sys.modules["mindspore"] = None  # any import of it now fails

@@ -122,3 +122,53 @@ def test_sigkilled_writer_leaves_a_readable_file_with_every_flushed_step(tmp_pat
         assert r.steps.tolist() == list(range(78))
         assert r.status_name == "running" and not r.finished
         assert r.loss()[77] == 77.0
+
+
+def test_one_child_validates_every_file_and_a_hang_or_crash_costs_only_that_file(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from distcheck.store import reader as reader_module
+    from synthetic import make_run
+
+    make_run(str(tmp_path), "none", size=4)
+    validate = reader_module.DumpReader._validate
+
+    def damaged(self):
+        if self.path.endswith("rank_00001.h5"):
+            time.sleep(60)  # as HDF5 does on some damage: no exception, no return
+        if self.path.endswith("rank_00002.h5"):
+            os._exit(1)  # as a crash in HDF5 would end it
+        validate(self)
+
+    monkeypatch.setattr(reader_module.DumpReader, "_validate", damaged)
+    monkeypatch.setattr(reader_module, "OPEN_TIMEOUT", 0.5)
+    paths = [str(tmp_path / f"rank_0000{r}.h5") for r in range(4)]
+    start = time.monotonic()
+    results = []
+    with reader_module.Screening(paths) as screening:
+        for i in range(4):
+            try:
+                results.append(screening.reader(i).rank)
+            except DumpError as exc:
+                results.append(exc.problem)
+    assert results == [0, "opening the file did not finish in 0.5 s", "opening the file crashed the reader", 3]
+    assert time.monotonic() - start < 5
+
+
+def test_a_bounded_number_of_files_stay_open_and_reopen_on_demand(tmp_path, monkeypatch):
+    from distcheck.store import reader as reader_module
+    from synthetic import make_run
+
+    make_run(str(tmp_path), "nudge", size=3)
+    monkeypatch.setattr(reader_module._OPEN_FILES, "limit", 2)
+    readers = [reader_module.DumpReader(str(tmp_path / f"rank_0000{r}.h5")) for r in range(3)]
+    try:
+        for _ in range(2):
+            for r in readers:
+                assert r.digests("param").shape == (13, 4, 2)
+                assert sum(x._h5 is not None for x in readers) <= 2
+        assert (readers[2].digests("param", 5, 6) != readers[0].digests("param", 5, 6)).any()  # the nudge
+    finally:
+        for r in readers:
+            r.close()

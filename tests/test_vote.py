@@ -36,3 +36,17 @@ def test_absent_replicas_neither_vote_nor_are_blamed():
     present = np.array([[True], [True], [False]])
     outliers, has_majority = outlier_mask(digests, present)
     assert not outliers.any() and has_majority[0]
+
+
+def test_vectorised_vote_with_absent_replicas_and_many_columns_matches_the_scalar_vote():
+    rng = np.random.default_rng(2)
+    for r in (1, 2, 3, 7, 64):
+        digests = rng.integers(0, 3, size=(r, 4, 30, 2)).astype(np.uint64)
+        present = rng.random((r, 4, 30)) < 0.8
+        outliers, has_majority = outlier_mask(digests, present)
+        for t in range(4):
+            for col in range(30):
+                ranks = np.flatnonzero(present[:, t, col])
+                vote = majority([tuple(digests[i, t, col]) for i in ranks])
+                assert set(np.flatnonzero(outliers[:, t, col])) == {int(ranks[i]) for i in vote.outliers}
+                assert has_majority[t, col] == (vote.has_majority or vote.agree)

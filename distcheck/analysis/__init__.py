@@ -2,23 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from distcheck.analysis.causes import LINK_WINDOW, link_causes
 from distcheck.analysis.data import data_not_sharded, loss_nonfinite
-from distcheck.analysis.divergence import episode_findings, scan_group
+from distcheck.analysis.divergence import describe, episode_findings, merge_episodes, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
+from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
 from distcheck.analysis.structure import (ReplicaConfigError, common_structure, comparisons, data_parallel_peers,
                                          weight_mask)
 from distcheck.findings import Finding, Note, sort_findings
 from distcheck.replicas import Declaration
 from distcheck.store.reader import DumpError
+from distcheck.store.schema import ParamInfo
 
 
-Check = Callable[[Run, dict], list[Finding | Note]]
+Check = Callable[[Run, dict, Pool], list[Finding | Note]]
 
 
 @dataclass
@@ -29,16 +31,19 @@ class Analysis:
     notes: list[Note] = field(default_factory=list)
 
 
-def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = ()) -> Analysis:
+def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (), pool: Optional[Pool] = None
+            ) -> Analysis:
     """Load the run in ``dirs`` and judge it: the cross-rank consistency analysis, then
-    ``checks`` (each ``check(run, config) -> findings``), then root causes are linked."""
+    ``checks`` (each ``check(run, config, pool) -> findings``), then root causes are
+    linked. ``pool`` spreads the work over workers (default: none)."""
+    pool = pool or SerialPool()
     run = load_run(dirs)
     try:
         while True:
             try:
-                results: list[Finding | Note] = list(consistency(run, config))
+                results: list[Finding | Note] = list(consistency(run, config, pool))
                 for check in checks:
-                    results.extend(check(run, config))
+                    results.extend(check(run, config, pool))
                 break
             except DumpError as exc:  # damage found while reading: judge again without that rank
                 run.drop(exc)
@@ -52,13 +57,32 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
         run.close()
 
 
-def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
+@dataclass(frozen=True)
+class _Scan:
+    """One worker's share of a comparison: these members, these columns."""
+
+    dirs: list[str]
+    members: list[int]
+    params: list[ParamInfo]
+    cols: dict[int, np.ndarray]
+    weights: np.ndarray
+    offset: int
+
+
+def _scan(task: _Scan) -> tuple[int, list]:
+    run = shared_run(task.dirs)
+    return task.offset, scan_group(run, task.members, task.params, task.cols, task.weights)
+
+
+def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -> list[Finding | Note]:
+    pool = pool or SerialPool()
     findings: list[Finding | Note] = list(check_ranks(run))
     if not run.readers:
         return findings
     found, notes = comparisons(run, Declaration.parse(config.get("replica_groups")))
     findings.extend(notes)
     limit = int(config.get("max_findings_per_code", 5))
+    jobs, tasks = [], []
     for comparison in found:
         present = [r for r in comparison.group if r in run.readers]
         if len(present) < 2:
@@ -67,7 +91,17 @@ def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
         findings.extend(mismatch)
         if len(members) < 2 or not params:
             continue
-        episodes = scan_group(run, members, params, cols, weight_mask(run, members, params, cols))
+        weights = weight_mask(run, members, params, cols)
+        first = len(tasks)
+        for part in chunks(list(range(len(params))), pool.size):
+            lo, hi = part[0], part[-1] + 1
+            tasks.append(_Scan(run.dirs, members, params[lo:hi], {r: c[lo:hi] for r, c in cols.items()},
+                               weights[lo:hi], lo))
+        jobs.append((comparison, members, params, cols, first, len(tasks)))
+    with sharing(run):
+        scanned = pool.map(_scan, tasks)
+    for comparison, members, params, cols, first, last in jobs:
+        episodes = describe(run, members, params, cols, merge_episodes(scanned[first:last]))
         findings.extend(episode_findings(episodes, params, comparison.label, len(comparison.group),
                                          run.meta("parallel_mode"), limit))
     for peers in data_parallel_peers(run, found):

@@ -120,11 +120,40 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
                     episode.grads_differed = bool(grad_bad[:, episode.columns].any())
             prev_step = step
     episodes = [e for tr in trackers.values() for e in tr.episodes]
+    return sorted(episodes, key=lambda e: (e.step, e.stage))
+
+
+def merge_episodes(parts: list[tuple[int, list[Episode]]]) -> list[Episode]:
+    """Episodes of a group scanned in column chunks, each ``(offset of its first column,
+    its episodes)``, as one scan of all the columns would have found them."""
+    merged: dict[tuple, Episode] = {}
+    for offset, episodes in parts:
+        for e in episodes:
+            columns = [c + offset for c in e.columns]
+            key = (e.stage, e.step)
+            old = merged.get(key)
+            if old is None:
+                merged[key] = Episode(e.stage, e.step, e.prev_step, columns, list(e.ranks), e.has_majority,
+                                      e.grads_differed)
+                continue
+            old.columns = sorted(set(old.columns) | set(columns))
+            old.ranks = sorted(set(old.ranks) | set(e.ranks))
+            old.has_majority = old.has_majority and e.has_majority
+            if e.grads_differed or old.grads_differed:
+                old.grads_differed = True
+            elif e.grads_differed is None:
+                old.grads_differed = None
+    return sorted(merged.values(), key=lambda e: (e.step, e.stage))
+
+
+def describe(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray],
+             episodes: list[Episode]) -> list[Episode]:
+    """Add how far apart the ranks are, and (with no majority) which blocks agree."""
     for e in episodes:
         e.magnitude = _magnitude(run, members, params, cols, e)
         if not e.has_majority and e.stage in ("init", "param"):
             e.blocks = _blocks(run, members, cols, e)
-    return sorted(episodes, key=lambda e: (e.step, e.stage))
+    return episodes
 
 
 def _rows_for(rank_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from distcheck.store import schema
-from distcheck.store.reader import DumpError, DumpReader
+from distcheck.store.reader import DumpError, DumpReader, Screening
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,27 @@ class Run:
     def ranks(self) -> list[int]:
         return sorted(self.readers)
 
+    _cache: dict = field(default_factory=dict, repr=False)
+
     @property
     def world_size(self) -> int:
-        sizes = [r.world_size for r in self.readers.values()]
-        known = max(sizes) if sizes else 0
-        highest = max([*self.readers, *self.unreadable_ranks], default=-1) + 1
-        return max(known, highest)
+        if "world_size" not in self._cache:
+            sizes = [r.world_size for r in self.readers.values()]
+            known = max(sizes) if sizes else 0
+            highest = max([*self.readers, *self.unreadable_ranks], default=-1) + 1
+            self._cache["world_size"] = max(known, highest)
+        return self._cache["world_size"]
 
     def meta(self, key: str, default=None):
         """A metadata value as most ranks recorded it."""
-        values = [r.meta.get(key, default) for r in self.readers.values()]
-        if not values:
-            return default
-        return max(values, key=lambda v: sum(1 for w in values if w == v))
+        cached = ("meta", key, repr(default))
+        if cached not in self._cache:
+            counts: dict[str, list] = {}
+            for r in self.readers.values():
+                value = r.meta.get(key, default)
+                counts.setdefault(repr(value), [0, value])[0] += 1
+            self._cache[cached] = max(counts.values(), key=lambda c: c[0])[1] if counts else default
+        return self._cache[cached]
 
     def drop(self, error: DumpError) -> None:
         """Leave out the rank whose file raised ``error``, and say so as an input error."""
@@ -55,6 +63,7 @@ class Run:
         if rank is None:
             raise error  # not one of ours: a bug, not damage
         self.readers.pop(rank).close()
+        self._cache.clear()
         self.errors.append(InputError(error.path, str(error), rank))
         self.unreadable_ranks[rank] = error.problem
 
@@ -63,7 +72,9 @@ class Run:
             reader.close()
 
 
-def load_run(dirs: list[str]) -> Run:
+def load_run(dirs: list[str], screen_files: bool = True) -> Run:
+    """Every rank file of ``dirs``; with ``screen_files``, a forked child first checks
+    that none of them hangs HDF5 (once per run, see ``screen``)."""
     run = Run(dirs=list(dirs))
     for directory in dirs:
         if not os.path.isdir(directory):
@@ -74,14 +85,18 @@ def load_run(dirs: list[str]) -> Run:
             run.errors.append(InputError(directory, f"{directory}: no rank files (rank_NNNNN.h5) found; "
                                          "is this the directory printed by 'distcheck launch'?"))
             continue
-        for name in names:
-            _load_file(run, os.path.join(directory, name), int(schema.FILE_PATTERN.match(name).group(1)))
+        paths = [os.path.join(directory, name) for name in names]
+        with Screening(paths if screen_files else []) as screening:
+            for i, (name, path) in enumerate(zip(names, paths)):
+                rank = int(schema.FILE_PATTERN.match(name).group(1))
+                _load_file(run, path, rank, lambda: screening.reader(i) if screen_files
+                           else DumpReader(path, check_hangs=False))
     return run
 
 
-def _load_file(run: Run, path: str, rank_from_name: int) -> None:
+def _load_file(run: Run, path: str, rank_from_name: int, open_reader: Callable[[], DumpReader]) -> None:
     try:
-        reader = DumpReader(path)
+        reader = open_reader()
     except DumpError as exc:
         run.errors.append(InputError(path, str(exc), rank_from_name))
         run.unreadable_ranks[rank_from_name] = exc.problem
@@ -98,4 +113,5 @@ def _load_file(run: Run, path: str, rank_from_name: int) -> None:
         reader.close()
         return
     run.readers[reader.rank] = reader
+    run._cache.clear()
     run.errors.extend(InputError(path, problem, reader.rank) for problem in reader.problems)

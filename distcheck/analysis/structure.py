@@ -29,6 +29,13 @@ class Comparison:
     group: Group  # the ranks that must agree on these parameters
     names: list[str] = field(default_factory=list)
     sources: set[str] = field(default_factory=set)
+    _known: set[str] = field(default_factory=set, repr=False)
+
+    def add(self, name: str, source: str) -> None:
+        if name not in self._known:
+            self._known.add(name)
+            self.names.append(name)
+        self.sources.add(source)
 
     @property
     def label(self) -> str:
@@ -58,19 +65,21 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
     by_group: dict[Group, Comparison] = {}
     alone: dict[str, set[int]] = {}
     unknown: dict[str, set[int]] = {}
+    everyone = tuple(range(run.world_size))
     for rank, reader in sorted(run.readers.items()):
         recorded = reader.replica_groups()
+        of_group: dict[int, Comparison] = {}  # by id(): a rank's groups are a few shared tuples
         for param, rec in zip(reader.params, recorded):
-            group, source = _group_of(param.name, rank, run.world_size, declared, rec, legacy, replicated)
+            group, source = _group_of(param.name, rank, everyone, declared, rec, legacy, replicated)
             if group is None:
                 unknown.setdefault(param.name, set()).add(rank)
             elif len(group) < 2:
                 alone.setdefault(param.name, set()).add(rank)
             else:
-                comparison = by_group.setdefault(group, Comparison(group))
-                if param.name not in comparison.names:
-                    comparison.names.append(param.name)
-                comparison.sources.add(source.label)
+                comparison = of_group.get(id(group))
+                if comparison is None:
+                    comparison = of_group[id(group)] = by_group.setdefault(group, Comparison(group))
+                comparison.add(param.name, source.label)
     notes: list[Finding | Note] = []
     if unknown:
         names = sorted(unknown)
@@ -90,7 +99,7 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
     return sorted(by_group.values(), key=lambda c: (c.group[0], len(c.group))), notes
 
 
-def _group_of(name: str, rank: int, world_size: int, declared: Optional[Declaration], recorded,
+def _group_of(name: str, rank: int, everyone: Group, declared: Optional[Declaration], recorded,
               legacy: Optional[Declaration], replicated: bool) -> tuple[Optional[Group], Source]:
     if declared is not None:
         group = declared.group_of(name, rank)
@@ -100,9 +109,9 @@ def _group_of(name: str, rank: int, world_size: int, declared: Optional[Declarat
         return recorded[0], Source(recorded[1])
     if legacy is not None:
         group = legacy.group_of(name, rank)
-        return group, Source.DATA_PARALLEL if group is not None and len(group) == world_size else Source.DECLARED
+        return group, Source.DATA_PARALLEL if group is not None and len(group) == len(everyone) else Source.DECLARED
     if replicated:
-        return tuple(range(world_size)), Source.DATA_PARALLEL
+        return everyone, Source.DATA_PARALLEL
     return None, Source.UNKNOWN
 
 

@@ -9,15 +9,18 @@ from distcheck.exits import ExitCode, UsageError
 
 
 def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: Optional[str] = None,
-                 fail_on: str = "error") -> int:
-    """Analyse ``run_dirs``, write the report to ``output`` (stdout if None) and
-    return the exit code: 2 on input errors, else 1 on findings at or above ``fail_on``."""
+                 fail_on: str = "error", workers: int = 1) -> int:
+    """Analyse ``run_dirs`` (over ``workers`` processes, or mpirun's), write the report
+    to ``output`` (stdout if None) and return the exit code: 2 on input errors, else 1
+    on findings at or above ``fail_on``. Under mpirun only rank 0 writes."""
     from distcheck.analysis import ReplicaConfigError, analyze
+    from distcheck.analysis.workers import make_pool
     from distcheck.findings import Severity
     from distcheck.rules import health_checks
 
+    pool = make_pool(workers)
     try:
-        analysis = analyze(run_dirs, config, checks=[health_checks])
+        analysis = analyze(run_dirs, config, checks=[health_checks], pool=pool)
     except ReplicaConfigError as exc:
         raise UsageError(f"the config does not fit this run: {exc}") from None
     if fmt == "json":
@@ -28,9 +31,10 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
         from distcheck.report.text import render_text
 
         text = render_text(analysis)
-    _emit(text, output)
-    for err in analysis.errors:
-        print(f"distcheck: input error: {err.message}", file=sys.stderr)
+    if pool.writes:
+        _emit(text, output)
+        for err in analysis.errors:
+            print(f"distcheck: input error: {err.message}", file=sys.stderr)
     if analysis.errors:
         return ExitCode.INPUT
     if fail_on == "never":

@@ -6,9 +6,10 @@ runs the per-rank rules on each rank of a run and merges what ranks share.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
 from distcheck.analysis.run import Run
+from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
 from distcheck.findings import Finding, Note
 from distcheck.rules import activations, consistency, data, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
@@ -19,25 +20,37 @@ __all__ = ["RULES", "Rule", "health_checks", "static_findings"]
 _STATIC = ("frozen_by_accident", "bn_in_eval_mode", "dropout_keep_prob")
 
 
-def health_checks(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
-    """Every enabled per-rank rule on every readable rank; equal findings (and notes)
-    merged across ranks."""
+def health_checks(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -> list[Finding | Note]:
+    """Every enabled per-rank rule on every readable rank (spread over ``pool`` by rank);
+    equal findings (and notes) merged across ranks."""
+    pool = pool or SerialPool()
+    tasks = [(run.dirs, part, config) for part in chunks(run.ranks, pool.size)]
+    with sharing(run):
+        parts = pool.map(_judge_ranks, tasks)
+    merged: dict[tuple, Finding | Note] = {}
+    for part in parts:
+        for f in part:
+            key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
+            old = merged.get(key)
+            if old is None:
+                merged[key] = f
+            else:
+                merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
+    return _across_ranks(list(merged.values()), run.ranks)
+
+
+def _judge_ranks(task: tuple[list[str], list[int], dict[str, Any]]) -> list[Finding | Note]:
+    dirs, ranks, config = task
+    run = shared_run(dirs)
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
-    merged: dict[tuple, Finding | Note] = {}
-    for rank, reader in sorted(run.readers.items()):
-        rank_data = RankData(reader)
+    out: list[Finding | Note] = []
+    for rank in ranks:
+        rank_data = RankData(run.readers[rank])
         for code, r in RULES.items():
-            if r.cross_rank or code in disabled:
-                continue
-            for f in r.check(rank_data, settings.get(code) or {}):
-                key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
-                old = merged.get(key)
-                if old is None:
-                    merged[key] = f
-                else:
-                    merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
-    return _across_ranks(list(merged.values()), run.ranks)
+            if not r.cross_rank and code not in disabled:
+                out.extend(r.check(rank_data, settings.get(code) or {}))
+    return out
 
 
 #: Rules on a series every rank has its own of (its minibatch losses, its gradients'

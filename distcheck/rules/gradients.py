@@ -1,7 +1,10 @@
 """Rules on the post-reduce gradients."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from distcheck.findings import Severity, name_list
 from distcheck.rules.rankdata import RankData
@@ -59,6 +62,26 @@ def grad_vanishing(rank: RankData, settings: dict):
                     "use ReLU-like activations, normalisation or residual connections.")]
 
 
+def _levels(norm: np.ndarray, window: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step i: the median of the finite norms among the ``window`` before the last
+    ``span`` (NaN if none), and the median of the last ``span`` (NaN unless all finite)."""
+    n = len(norm)
+    level = np.full(n, np.nan)
+    recent = np.full(n, np.nan)
+    if n < span:
+        return level, recent
+    finite = np.where(np.isfinite(norm), norm, np.nan)
+    history = sliding_window_view(np.concatenate([np.full(window, np.nan), finite]), window)  # row j: norm[j-window:j]
+    last = sliding_window_view(norm, span)  # row j: norm[j:j+span]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN history: no level
+        level[span - 1:] = np.nanmedian(history[:n - span + 1], axis=1)
+    ok = np.isfinite(last).all(axis=1)
+    recent[span - 1:] = np.where(ok, np.median(np.where(ok[:, None], last, 0.0), axis=1), np.nan)
+    level[span - 1:][~ok] = np.nan
+    return level, recent
+
+
 @rule("grad_exploding", Severity.ERROR, "grad", "the gradient norm jumps far above its running level, or turns non-finite")
 def grad_exploding(rank: RankData, settings: dict):
     """
@@ -90,17 +113,11 @@ def grad_exploding(rank: RankData, settings: dict):
     steps = rank.steps[mask]
     norm = np.sqrt(np.sum(np.square(l2), axis=1))
     nonfinite = bad_values.any(axis=1) | ~np.isfinite(norm)
-    spikes = np.zeros(len(norm), bool)
-    level = np.full(len(norm), np.nan)
     warm, window = int(settings["warmup"]), int(settings["window"])
     span = max(1, int(settings["span"]))
-    for i in range(warm + span - 1, len(norm)):
-        recent = norm[i - span + 1:i + 1]
-        history = norm[max(0, i - span + 1 - window):i - span + 1]
-        history = history[np.isfinite(history)]
-        if len(history) and np.all(np.isfinite(recent)):
-            level[i] = np.median(history)
-            spikes[i] = np.median(recent) > settings["factor"] * max(level[i], 1e-30)
+    level, recent_median = _levels(norm, window, span)
+    spikes = np.isfinite(level) & (recent_median > settings["factor"] * np.maximum(level, 1e-30))
+    spikes[:warm + span - 1] = False
     hit = nonfinite | spikes
     if not hit.any():
         return []

@@ -13,7 +13,7 @@ def _step0(rank: RankData):
     if not len(zero):
         return None
     i = int(zero[0])
-    return {name: rank.column("param", name)[i] for name in ("min", "max", "mean", "l2")}
+    return rank.row("param", i, ("min", "max", "mean", "l2"))
 
 
 def _matrices(rank: RankData) -> list[int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from distcheck.findings import Note, Severity
 from distcheck.rules.rankdata import RankData
@@ -31,10 +32,10 @@ def _training_loss(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
 
 def rolling_median(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing median over ``window`` values (fewer at the start)."""
-    out = np.empty(len(values))
-    for i in range(len(values)):
-        out[i] = np.median(values[max(0, i - window + 1):i + 1])
-    return out
+    if not len(values):
+        return np.zeros(0)
+    padded = np.concatenate([np.full(window - 1, np.nan), np.asarray(values, np.float64)])
+    return np.nanmedian(sliding_window_view(padded, window), axis=1)
 
 
 @rule("loss_diverging", Severity.ERROR, "loss", "the smoothed loss runs away from its running minimum")

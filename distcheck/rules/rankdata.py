@@ -16,6 +16,7 @@ from distcheck.store.schema import ParamInfo
 
 BLOCK = 1024
 _COL = {name: i for i, name in enumerate(schema.STAT_COLUMNS)}
+_SCALED = ("l2", "mean", "min", "max")  # statistics a loss scale multiplies
 
 
 class RankData:
@@ -47,9 +48,29 @@ class RankData:
         return (self.has & schema.HAS_LOSS) != 0
 
     def column(self, kind: str, stat: str) -> np.ndarray:
-        """(N, P) one statistic of every parameter (or gradient) at every step. Gradient
-        magnitudes are unscaled: divided by the optimizer's loss scale (see ``grad_scale``)."""
-        return self._columns(kind)[stat]
+        """(N, P) one statistic of every parameter (or gradient) at every step, read in
+        blocks and kept alone (one rank's run holds only the columns its rules ask for).
+        Gradient magnitudes are unscaled: divided by the optimizer's loss scale (see
+        ``grad_scale``)."""
+        cache = self.__dict__.setdefault("_column_cache", {})
+        key = (kind, stat)
+        if key not in cache:
+            c = _COL[stat]
+            parts = [self.reader.stats(kind, start, start + BLOCK)[:, :, c]
+                     for start in range(0, self.reader.n_steps, BLOCK)]
+            values = np.concatenate(parts) if parts else np.zeros((0, len(self.params)), np.float32)
+            if kind == "grad" and stat in _SCALED and self.grad_scale != 1.0:
+                values = values / np.float32(self.grad_scale)
+            cache[key] = values
+        return cache[key]
+
+    def row(self, kind: str, index: int, stats: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The statistics ``stats`` of every parameter at row ``index`` alone."""
+        block = self.reader.stats(kind, index, index + 1)[0]
+        values = {stat: block[:, _COL[stat]] for stat in stats}
+        if kind == "grad" and self.grad_scale != 1.0:
+            values = {k: v / np.float32(self.grad_scale) if k in _SCALED else v for k, v in values.items()}
+        return values
 
     @cached_property
     def grad_scale(self) -> float:
@@ -58,22 +79,6 @@ class RankData:
         optimizer = (self.static or {}).get("optimizer") or {}
         scale = optimizer.get("loss_scale")
         return float(scale) if isinstance(scale, (int, float)) and scale > 0 else 1.0
-
-    def _columns(self, kind: str) -> dict[str, np.ndarray]:
-        cache = self.__dict__.setdefault("_column_cache", {})
-        if kind not in cache:
-            wanted = ("l2", "nan", "inf", "mean", "min", "max", "delta_l2")
-            parts: dict[str, list] = {name: [] for name in wanted}
-            for start in range(0, self.reader.n_steps, BLOCK):
-                block = self.reader.stats(kind, start, start + BLOCK)
-                for name in wanted:
-                    parts[name].append(block[:, :, _COL[name]])
-            p = len(self.params)
-            cache[kind] = {name: (np.concatenate(v) if v else np.zeros((0, p), np.float32)) for name, v in parts.items()}
-            if kind == "grad" and self.grad_scale != 1.0:
-                for name in ("l2", "mean", "min", "max"):
-                    cache[kind][name] = cache[kind][name] / np.float32(self.grad_scale)
-        return cache[kind]
 
     @cached_property
     def skipped(self) -> np.ndarray:

@@ -12,8 +12,11 @@ import functools
 import glob
 import json
 import os
+import pickle
+import select
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +26,11 @@ import numpy as np
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
 
+
+#: Runs of at most this many recorded steps have their small per-step series (a few
+#: dozen bytes a step) read at open, so that passes over thousands of ranks need not
+#: open each file again.
+PREFETCH_STEPS = 4096
 
 #: Larger world sizes are taken for damage.
 MAX_WORLD_SIZE = 1 << 20
@@ -34,6 +42,9 @@ class DumpError(Exception):
     def __init__(self, path: str, problem: str, hint: str = "") -> None:
         self.path, self.problem, self.hint = path, problem, hint
         super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
+
+    def __reduce__(self):  # raised in an analysis worker, re-raised in the parent
+        return DumpError, (self.path, self.problem, self.hint)
 
 
 @dataclass(frozen=True)
@@ -58,22 +69,59 @@ class Stack:
 
 
 class DumpReader:
+    """One rank's dump, validated when constructed.
+
+    With ``check_hangs`` the validation runs in a forked child (see :class:`Screening`),
+    so that a file whose damage sends HDF5 into an endless loop costs a timeout, not the
+    analysis. The file is opened on demand and may be closed again by the pool of open
+    files.
+    """
+
+    #: What validation learns, handed from a screening child to the parent.
+    _STATE = ("version", "rank", "world_size", "meta", "params", "activations", "n_steps", "steps", "problems",
+              "status", "status_message", "status_signal", "_series")
+
     def __init__(self, path: str, check_hangs: bool = True) -> None:
         self.path = path
         self._series: dict[str, np.ndarray] = {}
         #: Problems that cost data but not the whole file (shown as input errors).
         self.problems: list[str] = []
-        if check_hangs:
-            _open_in_child(path)
-        self._file = _open(path)
+        self._h5: Optional[h5py.File] = None
+        if check_hangs and hasattr(os, "fork"):
+            with Screening([path]) as screening:
+                self.__dict__.update(screening.state(0))
+            return
         try:
             self._validate()
         except DumpError:
-            self._file.close()
+            self.close()
             raise
         except Exception as exc:  # any damage inside an HDF5 file that opened
-            self._file.close()
+            self.close()
             raise DumpError(path, f"damaged dump: {exc}", "re-run the job, or leave this rank's file out") from None
+        finally:
+            self._release()  # opened again on demand
+
+    @classmethod
+    def validated(cls, path: str, state: dict) -> "DumpReader":
+        """A reader of ``path`` from what a screening child's validation learnt."""
+        reader = cls.__new__(cls)
+        reader.path, reader._h5 = path, None
+        reader.__dict__.update(state)
+        return reader
+
+    @property
+    def _file(self) -> h5py.File:
+        """The open HDF5 file, opened again if the pool of open files closed it."""
+        if self._h5 is None:
+            self._h5 = _open(self.path)
+        _OPEN_FILES.use(self)
+        return self._h5
+
+    def _release(self) -> None:
+        h5, self._h5 = self._h5, None
+        if h5 is not None:
+            h5.close()
 
     # -- validation --------------------------------------------------------------
     def _validate(self) -> None:
@@ -133,6 +181,9 @@ class DumpReader:
         self.status = Status(code) if code in Status._value2member_map_ else Status.RUNNING
         self.status_message = _text(f[schema.STATUS_MESSAGE][0]).rstrip("\x00")
         self.status_signal = int(f[schema.STATUS_SIGNAL][0]) if schema.STATUS_SIGNAL in f else 0
+        if self.n_steps <= PREFETCH_STEPS:  # small per-step series: read now, while the file is open
+            for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST):
+                self.series(path)
 
     # -- small series ------------------------------------------------------------
     @property
@@ -184,8 +235,9 @@ class DumpReader:
         index = self._read(schema.REPLICA_GROUP, ())
         members = self._read(schema.REPLICA_MEMBERS, ())
         sources = self._read(schema.REPLICA_SOURCE, ())
-        groups = [tuple(int(r) for r in np.flatnonzero(np.unpackbits(row))) for row in members]
-        return [(groups[i], int(sources[i])) if 0 <= i < len(groups) and sources[i] else None for i in index]
+        rows = {int(i): (tuple(int(r) for r in np.flatnonzero(np.unpackbits(members[i]))), int(sources[i]))
+                for i in np.unique(index) if 0 <= i < len(members) and sources[i]}
+        return [rows.get(int(i)) for i in index]
 
     def skipped(self) -> np.ndarray:
         """(K,) for each training step whose update a loss-scale overflow skipped, the
@@ -279,13 +331,51 @@ class DumpReader:
                             "this rank was left out of the analysis; re-run the job") from None
 
     def close(self) -> None:
-        self._file.close()
+        _OPEN_FILES.forget(self)
+        self._release()
 
     def __enter__(self) -> "DumpReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _OpenFiles:
+    """The readers whose files are open, at most ``limit`` at once: a run of thousands of
+    ranks keeps a bounded number of HDF5 files (and their caches) open, closing the least
+    recently used first. A reader opens its file again when it next needs it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._readers: "OrderedDict[int, DumpReader]" = OrderedDict()
+
+    def use(self, reader: "DumpReader") -> None:
+        key = id(reader)
+        if key in self._readers:
+            self._readers.move_to_end(key)
+            return
+        self._readers[key] = reader
+        while len(self._readers) > self.limit:
+            _, oldest = self._readers.popitem(last=False)
+            oldest._release()
+
+    def forget(self, reader: "DumpReader") -> None:
+        self._readers.pop(id(reader), None)
+
+    def close_all(self) -> None:
+        while self._readers:
+            _, reader = self._readers.popitem(last=False)
+            reader._release()
+
+
+_OPEN_FILES = _OpenFiles(limit=64)
+
+
+def close_open_files() -> None:
+    """Close every file readers hold open (they open them again when needed), e.g.
+    before forking workers that must open their own."""
+    _OPEN_FILES.close_all()
 
 
 def _open(path: str) -> h5py.File:
@@ -317,34 +407,119 @@ def _open(path: str) -> h5py.File:
 OPEN_TIMEOUT = 15.0
 
 
-def _open_in_child(path: str) -> None:
-    """Open and validate ``path`` in a forked child first.
+class Screening:
+    """Validate files in one forked child, which hands the parent what it learnt.
 
     Some damage sends HDF5 itself into an endless loop (seen: a zeroed block under an
-    attribute heap), which no exception or signal in this process can stop. A child that
-    does not finish in time is killed and the file is reported; otherwise the parent opens
-    the file knowing it gets through validation. Where fork is missing, this is skipped.
+    attribute heap), which no exception or signal in this process can stop, and some
+    crashes it. A child validates the files one after the other and sends each result
+    (the reader's state, or its :class:`DumpError`) through a pipe; the parent never
+    validates a file itself. A child silent for ``OPEN_TIMEOUT`` on one file is killed, a
+    child that dies is reaped; that file is reported and a new child goes on with the
+    next. So a run of a thousand ranks costs one fork and one validation per file.
+    Without fork, files are validated here.
+
+    Use as a context manager: the child is reaped on exit.
     """
-    if not hasattr(os, "fork"):
-        return
-    pid = os.fork()
-    if pid == 0:  # child: validate, say nothing, exit at once
-        code = 0
-        try:
-            DumpReader(path, check_hangs=False).close()
-        except BaseException:
-            code = 1
-        os._exit(code)
-    deadline = time.monotonic() + OPEN_TIMEOUT
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return  # the parent repeats the open and reports any error itself
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise DumpError(path, f"opening the file did not finish in {OPEN_TIMEOUT:g} s",
-                    "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+        self.received = 0  # results received, in order
+        self._results: dict[int, object] = {}
+        self._pid, self._fd = 0, -1
+        self._buffer = b""
+        if hasattr(os, "fork") and self.paths:
+            self._start()
+
+    def reader(self, index: int) -> "DumpReader":
+        """The validated reader of file ``index``; raises its :class:`DumpError`."""
+        if not hasattr(os, "fork"):
+            return DumpReader(self.paths[index], check_hangs=False)
+        return DumpReader.validated(self.paths[index], self.state(index))
+
+    def state(self, index: int) -> dict:
+        while index not in self._results:
+            self._receive()
+        result = self._results.pop(index)
+        if isinstance(result, DumpError):
+            raise result
+        return result
+
+    def _start(self) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: validate, send, exit at once without cleanup
+            os.close(read_end)
+            for path in self.paths[self.received:]:
+                try:
+                    reader = DumpReader(path, check_hangs=False)
+                    message = pickle.dumps({k: getattr(reader, k) for k in DumpReader._STATE})
+                except DumpError as exc:
+                    message = pickle.dumps(exc)
+                except BaseException as exc:
+                    message = pickle.dumps(DumpError(path, f"damaged dump: {exc}"))
+                _write_all(write_end, len(message).to_bytes(8, "little") + message)
+            os._exit(0)
+        os.close(write_end)
+        self._pid, self._fd, self._buffer = pid, read_end, b""
+
+    def _receive(self) -> None:
+        """Take the next result from the child; on a hang or a crash, report that file."""
+        if not self._pid:
+            raise DumpError(self.paths[self.received], "not validated (the screening child is gone)")
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            if len(self._buffer) >= 8:
+                size = int.from_bytes(self._buffer[:8], "little")
+                if len(self._buffer) >= 8 + size:
+                    message, self._buffer = self._buffer[8:8 + size], self._buffer[8 + size:]
+                    self._results[self.received] = pickle.loads(message)
+                    self.received += 1
+                    if self.received == len(self.paths):
+                        self._stop(kill=False)
+                    return
+            ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self._fd, 1 << 20) if ready else b""
+            if chunk:
+                self._buffer += chunk
+                continue
+            path = self.paths[self.received]
+            if ready:  # end of file: the child died on this file
+                error = DumpError(path, "opening the file crashed the reader",
+                                  "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
+            else:
+                error = DumpError(path, f"opening the file did not finish in {OPEN_TIMEOUT:g} s",
+                                  "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
+            self._stop(kill=True)
+            self._results[self.received] = error
+            self.received += 1
+            if self.received < len(self.paths):
+                self._start()
+            return
+
+    def _stop(self, kill: bool) -> None:
+        if not self._pid:
+            return
+        if kill:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(self._fd)
+        os.waitpid(self._pid, 0)
+        self._pid, self._fd = 0, -1
+
+    def __enter__(self) -> "Screening":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop(kill=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 #: Metadata read attempts of an SWMR reader. HDF5's default (100, with back-off) makes a

@@ -243,3 +243,27 @@ def test_static_rules_on_a_setup_description():
     assert found["frozen_by_accident"].params == ("b.weight",)
     assert found["bn_in_eval_mode"].params == ("bn",)
     assert found["dropout_keep_prob"].params == ("drop",)
+
+
+def test_vectorised_running_levels_match_a_plain_loop():
+    from distcheck.rules.gradients import _levels
+    from distcheck.rules.loss import rolling_median
+
+    rng = np.random.default_rng(5)
+    norm = rng.lognormal(size=300)
+    norm[[7, 40, 41, 200]] = [np.nan, np.inf, np.nan, np.nan]
+    window, span = 50, 3
+    level, recent = _levels(norm, window, span)
+    for i in range(len(norm)):
+        if i < span - 1:
+            assert np.isnan(level[i]) and np.isnan(recent[i])
+            continue
+        last = norm[i - span + 1:i + 1]
+        history = norm[max(0, i - span + 1 - window):i - span + 1]
+        history = history[np.isfinite(history)]
+        if np.all(np.isfinite(last)) and len(history):
+            assert level[i] == np.median(history) and recent[i] == np.median(last)
+        else:
+            assert np.isnan(level[i])
+    values = rng.lognormal(size=100)
+    assert np.array_equal(rolling_median(values, 20), [np.median(values[max(0, i - 19):i + 1]) for i in range(100)])

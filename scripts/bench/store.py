@@ -7,7 +7,7 @@ Analyzer: the time to analyse R ranks x N steps x P parameters where every step 
 (rollups let it skip the per-parameter data) and where one rank differs from step 1 on
 (every block is read and voted on).
 
-    python scripts/bench_store.py [--params 1000] [--steps 2000] [--ranks 8]
+    python scripts/bench/store.py [--params 1000] [--steps 2000] [--ranks 8]
 """
 import argparse
 import os

@@ -5,7 +5,7 @@ Trains an MLP of about 10M parameters (4 x Dense 1600x1600) with a GRAPH_MODE cu
 step on one CPU process, three ways in turn: no probe, recording every step, and
 recording every 10th step. Prints the median step time of each and the ratios.
 
-    python scripts/bench_overhead.py [--steps 60] [--width 1600]
+    python scripts/bench/probe.py [--steps 60] [--width 1600]
 """
 import argparse
 import os
