@@ -225,3 +225,19 @@ def test_a_second_call_whose_update_count_goes_on_keeps_its_numbers():
     assert [n.run_step(0, update=False), n.run_step(1), n.run_step(2)] == [0, 1, 2]
     n.begin_segment()  # the same Model trained again: its capture's update count continues
     assert [n.run_step(2, update=False), n.run_step(3), n.run_step(4)] == [2, 3, 4] and n.segment == 1
+
+
+def test_update_norms_from_views_of_live_memory(tmp_path):
+    # On CPU the probe hands over views of the parameters, which the next update changes in place.
+    params = [ParamInfo("w", (1000,), "float32", True, True), ParamInfo("d", (3,), "float64", True, True)]
+    rec = Recorder.open(str(tmp_path), SingleWorld(), params, {}, ProbeOptions())
+    live = [np.zeros(1000, np.float32), np.zeros(3, np.float64)]
+    for step in range(4):
+        rec.record(step, live)
+        live[0] += np.float32(0.1) * (step + 1)  # in place, as an optimizer does
+        live[1] += 1.0
+    rec.close()
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        delta = r.stats("param")[:, :, -1]
+    np.testing.assert_allclose(delta[1:, 0], [0.1 * s * np.sqrt(1000) for s in (1, 2, 3)], rtol=1e-5)
+    np.testing.assert_allclose(delta[1:, 1], np.sqrt(3))

@@ -49,6 +49,10 @@ class GradCapture(nn.Cell):
         # Counts the updates applied: with gradient accumulation, or a loss-scale overflow
         # that skips the optimizer, a training step is not always an update.
         self.applied = Parameter(Tensor(np.zeros((), np.int32)), name=GRAD_PREFIX + "applied", requires_grad=False)
+        # Whether the next update's gradients are copied: the probe clears it before
+        # updates it will not record, so that an unrecorded step copies nothing.
+        self.keep = Parameter(Tensor(np.ones((), np.bool_)), name=GRAD_PREFIX + "keep", requires_grad=False)
+        self._keeping = True
         self.hyper_map = ops.HyperMap()
         self.assign = ops.Assign()
 
@@ -61,10 +65,19 @@ class GradCapture(nn.Cell):
         """How many times the optimizer has been called (updates applied) so far."""
         return int(self.applied.asnumpy())
 
+    def keep_next(self, keep: bool) -> None:
+        """Copy (or not) the gradients of the updates from now on; a host write only
+        when the choice changes."""
+        if keep != self._keeping:
+            self.keep.set_data(Tensor(np.array(keep, np.bool_)))
+            self._keeping = keep
+
     def construct(self, gradients):
-        stored = self.hyper_map(self.assign, self.shadows, gradients)
         counted = ops.assign_add(self.applied, ops.ones((), mstype.int32))
-        gradients = ops.depend(gradients, (stored, counted))
+        if self.keep:
+            stored = self.hyper_map(self.assign, self.shadows, gradients)
+            gradients = ops.depend(gradients, stored)
+        gradients = ops.depend(gradients, counted)
         return self.optimizer(gradients)
 
 

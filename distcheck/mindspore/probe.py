@@ -184,6 +184,7 @@ class Probe:
             with self.guard(f"step {step}"):
                 self._record(run_step, grads_valid=False, loss=None, batch=None, forward_ran=False)
         self._join_online(run_step)
+        self._copy_grads_for(run_step + 1)
         self._recorder.enter(Phase.STARTING)
 
     # -- per step ----------------------------------------------------------------
@@ -246,7 +247,15 @@ class Probe:
                 loss = loss_value(loss) if self._computes_loss else None
                 self._record(run_step, grads_valid, loss, batch_arrays(batch))
         self._join_online(run_step)
+        self._copy_grads_for(run_step + 1)
         self._recorder.enter(then)
+
+    def _copy_grads_for(self, run_step: int) -> None:
+        """Have the compiled step copy its gradients only if `run_step`, the next update,
+        is recorded: an unrecorded step then costs no copy."""
+        if self.capture is not None:
+            with self.guard("cannot switch the gradient copy"):
+                self.capture.keep_next(self.wants(run_step))
 
     def wants(self, run_step: int) -> bool:
         """Whether run step `run_step` will be recorded."""
@@ -276,7 +285,7 @@ class Probe:
     # -- internals ---------------------------------------------------------------
     def _record(self, step: int, grads_valid: bool, loss: float | None, batch: list[np.ndarray] | None,
                 forward_ran: bool = True) -> None:
-        params = [to_numpy(p) for p in self._params]
+        params = [to_numpy(p, copy=False) for p in self._params]  # summarised at once; the recorder copies what it keeps
         grads = None
         if grads_valid and self.capture is not None:
             shadows = self.capture.shadows
@@ -404,9 +413,8 @@ def to_numpy(value: Any, copy: bool = True) -> np.ndarray:
     """Host array of a Tensor/Parameter/array; bfloat16 comes back as its uint16 bits.
 
     A copy by default: on CPU `asnumpy()` of a Parameter is a view of its memory, which
-    the next update overwrites in place, and the recorder keeps the previous step's
-    parameters to measure each update. `copy=False` serves arrays that are only hashed
-    and summarised at once (the gradients).
+    the next update overwrites in place. `copy=False` serves arrays that are hashed and
+    summarised at once (the recorder copies what it keeps).
     """
     array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
     if copy and isinstance(value, Tensor):

@@ -31,7 +31,7 @@ from distcheck.recording.heartbeat import HeartbeatThread
 from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
 from distcheck.recording.progress import Progress, StepNumbering
-from distcheck.recording.summaries import step_row
+from distcheck.recording.summaries import Previous, step_row
 from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, leaders, resolve
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
@@ -61,7 +61,7 @@ class Recorder:
         self.progress = Progress()
         self.numbering = StepNumbering()
         self.online = OnlineCheck(world, params, options.every, options.online_every, options.fail_fast)
-        self._previous: Optional[Sequence[np.ndarray]] = None  # last recorded parameters, for deltas
+        self._previous = Previous()  # the parameters as last recorded, to measure each update
         self._last_written = -1
         self._clean = False  # the last training call ended cleanly
         self._failure: Optional[str] = None  # set by the heartbeat thread
@@ -227,9 +227,8 @@ class Recorder:
                activations: Optional[Sequence[np.ndarray]] = None) -> None:
         """Record run step ``step``, and join the online check if one is due.
 
-        Arrays are in the order given to :meth:`open` and must not be changed
-        afterwards (the previous step's parameters are kept, by reference, to measure
-        each update). With ``params=None`` (a probe with nothing to give) it only
+        Arrays are in the order given to :meth:`open`; they may be views of live
+        memory, as the recorder copies what it keeps. With ``params=None`` (a probe with nothing to give) it only
         joins the check.
         """
         if self._failure is not None and self.enabled:
@@ -255,7 +254,6 @@ class Recorder:
                        labels=self.options.labels)
         row[schema.SEGMENT] = self.numbering.segment
         writer.append(step, row)
-        self._previous = params
         self._last_written = step
         return row[schema.digests_path("param")]
 

@@ -14,16 +14,20 @@ FullWriter = Callable[[str, int, np.ndarray], None]
 
 
 def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
-             previous: Optional[Sequence[np.ndarray]], grads: Optional[Sequence[Optional[np.ndarray]]],
+             previous: Optional["Previous"], grads: Optional[Sequence[Optional[np.ndarray]]],
              loss: Optional[float], batch: Optional[Sequence[np.ndarray]],
              activations: Optional[Sequence[np.ndarray]], n_activations: int,
              label_counts: np.ndarray, write_full: Optional[FullWriter] = None,
              labels: str = "auto") -> dict[str, object]:
-    """The row of one step, keyed by dataset path (see :func:`schema.step_layout`)."""
+    """The row of one step, keyed by dataset path (see :func:`schema.step_layout`).
+
+    ``values`` may be views of live memory: nothing is kept of them but what
+    ``previous`` copies (the parameters, to measure the next recorded update)."""
     row: dict[str, object] = {}
     has = schema.HAS_PARAMS
     digests, stat_rows = summarise(params, values, "param", write_full)
-    update_norms(stat_rows, values, previous, [p.dtype for p in params])
+    if previous is not None:
+        previous.measure_and_keep(stat_rows, values, [p.dtype for p in params])
     row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
     rollups = [digest_rows(digests), (0, 0)]
     if grads is not None:
@@ -65,20 +69,44 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
     return rows, stat_rows
 
 
-def update_norms(stat_rows: np.ndarray, params: Sequence[np.ndarray],
-                 previous: Optional[Sequence[np.ndarray]], dtypes: Optional[Sequence[str]] = None) -> None:
-    """Fill the last column with the L2 norm of each parameter's change since ``previous``,
-    computed in float32 at least (float16 differences would round, bfloat16 arrives as bits)."""
-    if previous is None or len(previous) != len(params):
-        return
-    for i, (now, before) in enumerate(zip(params, previous)):
-        if now is None or before is None or now.shape != before.shape:
-            continue
-        bf16 = dtypes is not None and dtypes[i] == "bfloat16"
-        if not bf16 and now.dtype.kind != "f":
-            continue
-        change = (_float(now, bf16) - _float(before, bf16)).ravel()
-        stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+class Previous:
+    """The parameters as last recorded, in buffers of its own allocated once, to measure
+    each update: host memory of one copy of the parameters, plus one scratch buffer of
+    the largest. The last column of a step's statistics becomes the L2 norm of each
+    parameter's change since then, computed in float32 at least (float16 differences
+    would round; bfloat16 arrives as bits)."""
+
+    def __init__(self) -> None:
+        self._kept: list[Optional[np.ndarray]] = []
+        self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    def measure_and_keep(self, stat_rows: np.ndarray, values: Sequence[Optional[np.ndarray]],
+                         dtypes: Sequence[str]) -> None:
+        if len(self._kept) != len(values):
+            self._kept = [None] * len(values)
+        for i, now in enumerate(values):
+            before = self._kept[i]
+            if now is None:
+                continue
+            if before is None or before.shape != now.shape or before.dtype != now.dtype:
+                self._kept[i] = np.array(now, copy=True)
+                continue
+            bf16 = dtypes[i] == "bfloat16"
+            if bf16 or now.dtype.kind == "f":
+                change = self._difference(now, before, bf16)
+                stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+            np.copyto(before, now)
+
+    def _difference(self, now: np.ndarray, before: np.ndarray, bf16: bool) -> np.ndarray:
+        if bf16:  # rare: widen with temporaries
+            return (_float(now, True) - _float(before, True)).ravel()
+        dtype = np.dtype(np.float64) if now.dtype == np.float64 else np.dtype(np.float32)
+        scratch = self._scratch.get(dtype)
+        if scratch is None or scratch.size < now.size:
+            scratch = self._scratch[dtype] = np.empty(now.size, dtype)
+        out = scratch[:now.size]
+        np.subtract(now.reshape(-1), before.reshape(-1), out=out, dtype=dtype)
+        return out
 
 
 def _float(array: np.ndarray, bf16: bool) -> np.ndarray:

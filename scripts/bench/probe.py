@@ -1,87 +1,148 @@
 #!/usr/bin/env python3
-"""Measure the probe's cost per training step, side by side in one run.
+"""The probe's cost per training step, plain and attached runs interleaved in one run.
 
-Trains an MLP of about 10M parameters (4 x Dense 1600x1600) with a GRAPH_MODE custom
-step on one CPU process, three ways in turn: no probe, recording every step, and
-recording every 10th step. Prints the median step time of each and the ratios.
+Two ways in, each plain and attached (every step, and every 10th step), alternated
+round after round on the same machine so that drift hits all alike:
 
-    python scripts/bench/probe.py [--steps 60] [--width 1600]
+- ``Model.train`` under ``distcheck launch -n 1 --launcher none`` (no change to the
+  script: ``model_train_job.py``, an MLP of about 10.5M parameters, batch 64);
+- a GRAPH_MODE custom step with the ``Probe`` API, in this process (about 10.2M).
+
+Reports the median step cycle of each, its ratio to plain, the floor (plain plus one
+read of the parameters and gradients at the memory bandwidth measured here) and the
+host memory the attached job added. Prints a table and writes JSON.
+
+    python scripts/bench/probe.py [--rounds 3] [--steps 60] [--json FILE]
 """
 import argparse
+import json
 import os
+import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-import mindspore as ms
-from mindspore import nn
-
-from distcheck.mindspore import Probe
-from distcheck.recording import ProbeOptions
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class TrainStep(nn.Cell):
-    def __init__(self, net, loss_fn, optimizer):
-        super().__init__(auto_prefix=False)
-        self.net, self.loss_fn, self.optimizer = net, loss_fn, optimizer
-        self.grad_fn = ms.value_and_grad(self.forward, None, optimizer.parameters)
-
-    def forward(self, x, y):
-        return self.loss_fn(self.net(x), y)
-
-    def construct(self, x, y):
-        loss, grads = self.grad_fn(x, y)
-        self.optimizer(grads)
-        return loss
+def bandwidth() -> float:
+    """Bytes per second of one read pass over a large float32 array (the best of 5)."""
+    a = np.ones(64 * 2**20 // 4, np.float32)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        np.add.reduce(a)
+        best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
 
 
-def run(width: int, steps: int, every: int | None) -> tuple[float, float]:
+def model_train(every, steps: int) -> dict:
+    """One run of the Model.train job: plain (every None) or under distcheck launch."""
+    with tempfile.TemporaryDirectory(prefix="distcheck-bench-") as tmp:
+        out = os.path.join(tmp, "times.json")
+        job = [sys.executable, os.path.join(HERE, "model_train_job.py"), out, "--steps", str(steps)]
+        if every is not None:
+            job = [sys.executable, "-m", "distcheck", "launch", "-n", "1", "--launcher", "none", "--every",
+                   str(every), "--out", os.path.join(tmp, "run"), "--no-analyze", "--", *job]
+        env = {**os.environ, "GLOG_v": "3"}
+        subprocess.run(job, check=True, capture_output=True, env=env)
+        with open(out) as fh:
+            return json.load(fh)
+
+
+def custom_loop(every, steps: int, width: int = 1600) -> dict:
+    import mindspore as ms
+    from mindspore import nn
+
+    from distcheck.mindspore import Probe
+    from distcheck.recording import ProbeOptions
+
+    class TrainStep(nn.Cell):
+        def __init__(self, net, loss_fn, optimizer):
+            super().__init__(auto_prefix=False)
+            self.net, self.loss_fn, self.optimizer = net, loss_fn, optimizer
+            self.grad_fn = ms.value_and_grad(self.forward, None, optimizer.parameters)
+
+        def forward(self, x, y):
+            return self.loss_fn(self.net(x), y)
+
+        def construct(self, x, y):
+            loss, grads = self.grad_fn(x, y)
+            self.optimizer(grads)
+            return loss
+
+    ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     layers = []
     for _ in range(4):
         layers += [nn.Dense(width, width), nn.ReLU()]
     net = nn.SequentialCell(layers)
     optimizer = nn.SGD(net.trainable_params(), learning_rate=1e-3)
-    probe = None
-    update = optimizer
+    probe, update = None, optimizer
     if every is not None:
         probe = Probe(net, run_dir=tempfile.mkdtemp(prefix="distcheck-bench-"),
-                      options=ProbeOptions(every=every, flush_seconds=2.0), optimizer=optimizer)
+                      options=ProbeOptions(every=every), optimizer=optimizer)
         update = probe.wrap(optimizer)
     step_fn = TrainStep(net, nn.MSELoss(), update)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((64, width)).astype(np.float32))
     y = ms.Tensor(np.zeros((64, width), np.float32))
     if probe:
         probe.begin()
-    times = []
+    ends = []
     for step in range(1, steps + 1):
-        start = time.perf_counter()
         loss = step_fn(x, y)
-        loss.asnumpy()  # wait for the step, as a training loop printing its loss would
+        loss.asnumpy()
         if probe:
             probe.step_end(step, loss, batch=(x, y))
-        times.append(time.perf_counter() - start)
+        ends.append(time.perf_counter())
     if probe:
         probe.close()
-    return statistics.median(times[5:]), statistics.mean(times[5:])
+    return {"cycles": list(np.diff(ends)), "params": sum(int(np.prod(p.shape)) for p in net.trainable_params())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--width", type=int, default=1600)
+    ap.add_argument("--json", default="bench-probe.json")
     args = ap.parse_args()
-    ms.set_context(mode=ms.GRAPH_MODE)
-    params = 4 * (args.width * args.width + args.width)
-    base = run(args.width, args.steps, None)
-    every1 = run(args.width, args.steps, 1)
-    every10 = run(args.width, args.steps, 10)
-    print(f"{params / 1e6:.1f}M parameters, {os.cpu_count()} CPU(s), {args.steps - 5} timed steps each")
-    print(f"  {'':16} {'median ms':>10} {'ratio':>7} {'mean ms':>10} {'ratio':>7}")
-    for name, (median, mean) in (("no probe", base), ("every step", every1), ("every 10 steps", every10)):
-        print(f"  {name:16} {median * 1e3:10.1f} {median / base[0]:7.3f} {mean * 1e3:10.1f} {mean / base[1]:7.3f}")
+    ways = {"Model.train": model_train, "custom loop": custom_loop}
+    modes = {"plain": None, "every step": 1, "every 10": 10}
+    cycles = {(w, m): [] for w in ways for m in modes}
+    rss = {(w, m): [] for w in ways for m in modes}
+    params = {}
+    for _ in range(args.rounds):
+        for way, run in ways.items():
+            for mode, every in modes.items():
+                result = run(every, args.steps)
+                cycles[way, mode].extend(result["cycles"][5:])  # compilation and warm-up left out
+                if "peak_rss_mb" in result:
+                    rss[way, mode].append(result["peak_rss_mb"])
+                params[way] = result["params"]
+    bw = bandwidth()
+    print(f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}; "
+          f"read bandwidth {bw / 1e9:.1f} GB/s; {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"{'':12} {'':11} {'median ms':>10} {'ratio':>6} {'floor':>6} {'host MB added':>14}")
+    rows = []
+    for way in ways:
+        plain = statistics.median(cycles[way, "plain"])
+        floor = (plain + 2 * 4 * params[way] / bw) / plain  # parameters and gradients read once, float32
+        for mode in modes:
+            median = statistics.median(cycles[way, mode])
+            added = (statistics.median(rss[way, mode]) - statistics.median(rss[way, "plain"])
+                     if rss[way, mode] else None)
+            rows.append({"way": way, "mode": mode, "params": params[way], "median_ms": median * 1e3,
+                         "ratio": median / plain, "floor_ratio": floor, "host_mb_added": added})
+            added_text = f"{added:14.0f}" if added is not None else f"{'-':>14}"
+            print(f"{way:12} {mode:11} {median * 1e3:10.1f} {median / plain:6.2f} {floor:6.2f} {added_text}")
+    with open(args.json, "w") as fh:
+        json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "bandwidth": bw, "rows": rows}, fh,
+                  indent=1)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
