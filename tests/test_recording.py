@@ -241,3 +241,19 @@ def test_update_norms_from_views_of_live_memory(tmp_path):
         delta = r.stats("param")[:, :, -1]
     np.testing.assert_allclose(delta[1:, 0], [0.1 * s * np.sqrt(1000) for s in (1, 2, 3)], rtol=1e-5)
     np.testing.assert_allclose(delta[1:, 1], np.sqrt(3))
+
+
+def test_tensors_summarised_in_parallel_batches_give_the_serial_result(monkeypatch):
+    from distcheck.recording import summaries
+
+    rng = np.random.default_rng(0)
+    infos = [ParamInfo(f"p{i}", (n,), "float32", True, True) for i, n in enumerate((10, 50_000, 3, 70_000, 1))]
+    steps = [[rng.standard_normal(i.shape).astype(np.float32) for i in infos] for _ in range(3)]
+    results = []
+    for batch_bytes in (1 << 40, 1):  # one batch, then one tensor a batch
+        monkeypatch.setattr(summaries, "BATCH_BYTES", batch_bytes)
+        previous = summaries.Previous()
+        results.append([summaries.summarise(infos, values, "param", previous=previous) for values in steps])
+    for (d1, s1), (d2, s2) in zip(*results):
+        assert np.array_equal(d1, d2) and np.array_equal(s1, s2, equal_nan=True)
+    assert np.isfinite(results[1][2][1][:, -1]).all()  # update norms from the second step on

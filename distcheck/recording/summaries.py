@@ -1,6 +1,9 @@
 """One recorded step as a dump row: digests and statistics of every tensor."""
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -25,9 +28,7 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
     ``previous`` copies (the parameters, to measure the next recorded update)."""
     row: dict[str, object] = {}
     has = schema.HAS_PARAMS
-    digests, stat_rows = summarise(params, values, "param", write_full)
-    if previous is not None:
-        previous.measure_and_keep(stat_rows, values, [p.dtype for p in params])
+    digests, stat_rows = summarise(params, values, "param", write_full, previous)
     row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
     rollups = [digest_rows(digests), (0, 0)]
     if grads is not None:
@@ -51,60 +52,110 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
     return row
 
 
+#: Tensors are summarised in parallel batches of about this many bytes (numpy and
+#: xxhash release the GIL); the training thread waits for them, so the cores are free.
+BATCH_BYTES = 4 << 20
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                       thread_name_prefix="distcheck-summary")
+        return _POOL
+
+
 def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]], kind: str,
-              write_full: Optional[FullWriter] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 2) digests and (P, 7) statistics; zeros and NaN where an array is None."""
+              write_full: Optional[FullWriter] = None,
+              previous: Optional["Previous"] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) digests and (P, 7) statistics; zeros and NaN where an array is None. With
+    ``previous``, the last column is each update's norm, and the arrays are kept."""
     p = len(params)
     if len(arrays) != p:
         raise ValueError(f"got {len(arrays)} {kind} arrays for {p} parameters")
     rows = np.zeros((p, 2), np.uint64)
     stat_rows = np.full((p, len(schema.STAT_COLUMNS)), np.nan, np.float32)
-    for i, (info, array) in enumerate(zip(params, arrays)):
+    if previous is not None:
+        previous.resize(p)
+
+    def one(i: int) -> None:
+        array = arrays[i]
         if array is None:
-            continue
+            return
         rows[i] = digest(array)
-        stat_rows[i, :-1] = stats(array, info.dtype)
-        if write_full is not None:
-            write_full(kind, i, array)
+        stat_rows[i, :-1] = stats(array, params[i].dtype)
+        if previous is not None:
+            previous.measure_and_keep(i, stat_rows, array, params[i].dtype)
+
+    batches = _batches([0 if a is None else a.nbytes for a in arrays])
+    if len(batches) > 1:
+        for _ in _pool().map(lambda batch: [one(i) for i in batch], batches):
+            pass
+    else:
+        for i in range(p):
+            one(i)
+    if write_full is not None:  # h5py: from this thread only
+        for i, array in enumerate(arrays):
+            if array is not None:
+                write_full(kind, i, array)
     return rows, stat_rows
+
+
+def _batches(sizes: Sequence[int]) -> list[list[int]]:
+    """Consecutive indices grouped into batches of about ``BATCH_BYTES``."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        current.append(i)
+        total += size
+        if total >= BATCH_BYTES:
+            out.append(current)
+            current, total = [], 0
+    if current:
+        out.append(current)
+    return out
 
 
 class Previous:
     """The parameters as last recorded, in buffers of its own allocated once, to measure
-    each update: host memory of one copy of the parameters, plus one scratch buffer of
-    the largest. The last column of a step's statistics becomes the L2 norm of each
-    parameter's change since then, computed in float32 at least (float16 differences
-    would round; bfloat16 arrives as bits)."""
+    each update: host memory of one copy of the parameters, plus a scratch buffer of the
+    largest per summarising thread. The last column of a step's statistics becomes the
+    L2 norm of each parameter's change since then, computed in float32 at least (float16
+    differences would round; bfloat16 arrives as bits). Each index is touched by one
+    thread at a time."""
 
     def __init__(self) -> None:
         self._kept: list[Optional[np.ndarray]] = []
-        self._scratch: dict[np.dtype, np.ndarray] = {}
+        self._local = threading.local()
 
-    def measure_and_keep(self, stat_rows: np.ndarray, values: Sequence[Optional[np.ndarray]],
-                         dtypes: Sequence[str]) -> None:
-        if len(self._kept) != len(values):
-            self._kept = [None] * len(values)
-        for i, now in enumerate(values):
-            before = self._kept[i]
-            if now is None:
-                continue
-            if before is None or before.shape != now.shape or before.dtype != now.dtype:
-                self._kept[i] = np.array(now, copy=True)
-                continue
-            bf16 = dtypes[i] == "bfloat16"
-            if bf16 or now.dtype.kind == "f":
-                change = self._difference(now, before, bf16)
-                stat_rows[i, -1] = np.sqrt(np.dot(change, change))
-            np.copyto(before, now)
+    def resize(self, n: int) -> None:
+        if len(self._kept) != n:
+            self._kept = [None] * n
+
+    def measure_and_keep(self, i: int, stat_rows: np.ndarray, now: np.ndarray, dtype: str) -> None:
+        before = self._kept[i]
+        if before is None or before.shape != now.shape or before.dtype != now.dtype:
+            self._kept[i] = np.array(now, copy=True)
+            return
+        bf16 = dtype == "bfloat16"
+        if bf16 or now.dtype.kind == "f":
+            change = self._difference(now, before, bf16)
+            stat_rows[i, -1] = np.sqrt(np.dot(change, change))
+        np.copyto(before, now)
 
     def _difference(self, now: np.ndarray, before: np.ndarray, bf16: bool) -> np.ndarray:
         if bf16:  # rare: widen with temporaries
             return (_float(now, True) - _float(before, True)).ravel()
         dtype = np.dtype(np.float64) if now.dtype == np.float64 else np.dtype(np.float32)
-        scratch = self._scratch.get(dtype)
-        if scratch is None or scratch.size < now.size:
-            scratch = self._scratch[dtype] = np.empty(now.size, dtype)
-        out = scratch[:now.size]
+        scratch = self._local.__dict__.setdefault("scratch", {})
+        buffer = scratch.get(dtype)
+        if buffer is None or buffer.size < now.size:
+            buffer = scratch[dtype] = np.empty(now.size, dtype)
+        out = buffer[:now.size]
         np.subtract(now.reshape(-1), before.reshape(-1), out=out, dtype=dtype)
         return out
 

@@ -30,6 +30,19 @@ class StepClock(Callback):
         self.ends.append(time.perf_counter())
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM on Linux (ru_maxrss survives exec, so a
+    large parent would show through it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -53,7 +66,7 @@ def main():
     params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     with open(args.out, "w") as fh:
         json.dump({"cycles": list(np.diff(clock.ends)), "params": params,
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, fh)
+                   "peak_rss_mb": peak_rss_mb()}, fh)
 
 
 if __name__ == "__main__":

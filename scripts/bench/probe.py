@@ -140,8 +140,8 @@ def main() -> None:
             added_text = f"{added:14.0f}" if added is not None else f"{'-':>14}"
             print(f"{way:12} {mode:11} {median * 1e3:10.1f} {median / plain:6.2f} {floor:6.2f} {added_text}")
     with open(args.json, "w") as fh:
-        json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "bandwidth": bw, "rows": rows}, fh,
-                  indent=1)
+        json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "bandwidth": bw, "rows": rows,
+                   "peak_rss_mb": {f"{w} / {m}": v for (w, m), v in rss.items() if v}}, fh, indent=1)
     print(f"wrote {args.json}")
 
 
