@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_report_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json", "junit", "markdown", "html"), default="text",
+                   help="text (a terminal), json (docs/report.schema.json), junit (CI test reports), "
+                        "markdown (a CI step summary), html (one self-contained page with plots)")
     p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
                    help="lowest severity that makes the exit code 1 (default: error)")

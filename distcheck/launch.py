@@ -17,11 +17,13 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -73,6 +75,8 @@ def launch(args: argparse.Namespace, config: dict) -> int:
     else:
         procs = [_spawn([sys.executable, SUPERVISOR, *cmd], env)]
     code, stopped_by, stop_time = _supervise(procs, run_dir, args.stall_timeout)
+    for forwarder in _FORWARDERS:  # the job's last lines before the report
+        forwarder.join(timeout=5)
     job.update(end_time=time.time(), exit_code=code, stopped_by=stopped_by, stop_time=stop_time)
     write_json(job_path(run_dir), job)
     if stopped_by is None and code != 0:
@@ -304,12 +308,34 @@ def _start_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: d
     return [scheduler, workers]
 
 
+#: MindSpore's own INFO and DEBUG log lines, e.g. "[INFO] DISTRIBUTED(7090,7f6a...,python):...".
+_FORWARDERS: list[threading.Thread] = []
+FRAMEWORK_CHATTER = re.compile(rb"^\[(INFO|DEBUG)\] [A-Z_]+\(\d+,")
+
+
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start the job with its stdout sent to our stderr: stdout carries only the report.
-    A session of its own keeps a Ctrl-C in the terminal from reaching it directly: launch
-    stops it in order instead."""
+    Unless the user set ``GLOG_v`` themselves, the framework's INFO and DEBUG lines are
+    left out of the terminal (the per-rank log files keep them). A session of its own
+    keeps a Ctrl-C in the terminal from reaching it directly: launch stops it in order
+    instead."""
     sys.stdout.flush()
-    return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno(), start_new_session=True)
+    if "GLOG_v" in os.environ:
+        return subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno(), start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    forwarder = threading.Thread(target=_forward, args=(proc.stdout,), name="distcheck-job-output", daemon=True)
+    forwarder.start()
+    _FORWARDERS.append(forwarder)
+    return proc
+
+
+def _forward(stream) -> None:
+    """Copy the job's output to our stderr, line by line, without the framework's chatter."""
+    out = sys.stderr.buffer
+    for line in iter(stream.readline, b""):
+        if not FRAMEWORK_CHATTER.match(line):
+            out.write(line)
+            out.flush()
 
 
 def _finish(proc: subprocess.Popen, grace: float) -> None:

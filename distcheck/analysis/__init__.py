@@ -102,8 +102,9 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
         scanned = pool.map(_scan, tasks)
     for comparison, members, params, cols, first, last in jobs:
         episodes = describe(run, members, params, cols, merge_episodes(scanned[first:last]))
-        findings.extend(episode_findings(episodes, params, comparison.label, len(comparison.group),
-                                         run.meta("parallel_mode"), limit))
+        group = {"replica_group": list(comparison.group)}
+        findings.extend(replace(f, detail={**f.detail, **group}) for f in episode_findings(
+            episodes, params, comparison.label, len(comparison.group), run.meta("parallel_mode"), limit))
     for peers in data_parallel_peers(run, found):
         findings.extend(data_not_sharded(run, peers))
     findings.extend(loss_nonfinite(run))

@@ -23,14 +23,7 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
         analysis = analyze(run_dirs, config, checks=[health_checks], pool=pool)
     except ReplicaConfigError as exc:
         raise UsageError(f"the config does not fit this run: {exc}") from None
-    if fmt == "json":
-        from distcheck.report.json_report import render_json
-
-        text = render_json(analysis)
-    else:
-        from distcheck.report.text import render_text
-
-        text = render_text(analysis)
+    text = render(analysis, fmt, colour=output is None and _colour_terminal()) if pool.writes else ""
     if pool.writes:
         _emit(text, output)
         for err in analysis.errors:
@@ -41,6 +34,37 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
         return ExitCode.OK
     floor = Severity(fail_on).rank
     return ExitCode.FINDINGS if any(f.severity.rank >= floor for f in analysis.findings) else ExitCode.OK
+
+
+#: Every report format, for --format.
+FORMATS = ("text", "json", "junit", "markdown", "html")
+
+
+def render(analysis, fmt: str, colour: bool = False) -> str:
+    """The report of ``analysis`` in format ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "json":
+        from distcheck.report.json_report import render_json
+
+        return render_json(analysis)
+    if fmt == "junit":
+        from distcheck.report.junit import render_junit
+
+        return render_junit(analysis)
+    if fmt == "markdown":
+        from distcheck.report.markdown import render_markdown
+
+        return render_markdown(analysis)
+    if fmt == "html":
+        from distcheck.report.html import render_html
+
+        return render_html(analysis)
+    from distcheck.report.text import render_text
+
+    return render_text(analysis, colour=colour)
+
+
+def _colour_terminal() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def _emit(text: str, output: Optional[str]) -> None:

@@ -5,13 +5,24 @@ import textwrap
 
 from distcheck.analysis import Analysis
 from distcheck.findings import Finding, Severity, name_list
+from distcheck.report.verdict import verdict
 
 _LABEL = {Severity.ERROR: "ERROR", Severity.WARNING: "WARNING", Severity.INFO: "info"}
 
 
-def render_text(analysis: Analysis) -> str:
+#: Root causes are grouped by where in the run they were seen, in this order.
+_GROUPS = (("init", "initialisation"), ("static", "set-up"), ("grad", "gradients"), ("param", "updates"),
+           ("buffer", "updates"), ("activation", "activations"), ("loss", "loss"), ("data", "data"),
+           ("run", "ranks and the run"))
+_COLOUR = {Severity.ERROR: "\033[31m", Severity.WARNING: "\033[33m", Severity.INFO: "\033[36m"}
+_RESET = "\033[0m"
+
+
+def render_text(analysis: Analysis, colour: bool = False) -> str:
+    """The report for a terminal: a verdict, then root causes grouped by stage with their
+    symptoms under them. ``colour`` adds ANSI colours (for a TTY)."""
     run = analysis.run
-    lines = [_headline(run)]
+    lines = [_paint(verdict(analysis), _worst(analysis.findings), colour), _headline(run)]
     for err in analysis.errors:
         lines.append(f"  input error: {err.message}")
     if run.get("sink_size"):
@@ -26,8 +37,15 @@ def render_text(analysis: Analysis) -> str:
         lines.append("No rank could be analysed, so nothing can be said about this run.")
     elif not roots:
         lines.append("No problems found: every replica agreed at every recorded step, and no health rule fired.")
-    for f in roots:
-        lines.extend(_subtree(f, symptoms, indent=""))
+    labels = dict(_GROUPS)
+    order = {stage: i for i, (stage, _) in enumerate(_GROUPS)}
+    shown = None
+    for f in sorted(roots, key=lambda f: order.get(f.stage, len(order))):  # stable: severity and step kept
+        label = labels.get(f.stage, f.stage)
+        if label != shown:
+            lines.append(f"== {label} ==")
+            shown = label
+        lines.extend(_subtree(f, symptoms, indent="", colour=colour))
         lines.append("")
     lines.append(_totals(analysis))
     return "\n".join(lines).rstrip() + "\n"
@@ -51,12 +69,20 @@ def _cause_tree(findings: list[Finding]) -> tuple[list[Finding], dict[str, list[
     return roots, symptoms
 
 
-def _subtree(f: Finding, symptoms: dict[str, list[Finding]], indent: str) -> list[str]:
-    lines = _finding(f, indent)
+def _subtree(f: Finding, symptoms: dict[str, list[Finding]], indent: str, colour: bool) -> list[str]:
+    lines = _finding(f, indent, colour)
     for s in symptoms.get(f.key, []):
         lines.append(f"{indent}    which explains:")
-        lines.extend(_subtree(s, symptoms, indent + "    "))
+        lines.extend(_subtree(s, symptoms, indent + "    ", colour))
     return lines
+
+
+def _worst(findings: list[Finding]) -> Severity:
+    return max((f.severity for f in findings), key=lambda s: s.rank, default=Severity.INFO)
+
+
+def _paint(text: str, severity: Severity, colour: bool) -> str:
+    return f"{_COLOUR[severity]}{text}{_RESET}" if colour else text
 
 
 def _headline(run: dict) -> str:
@@ -72,16 +98,16 @@ def _headline(run: dict) -> str:
             f"{calls_text}")
 
 
-def _finding(f: Finding, indent: str) -> list[str]:
+def _finding(f: Finding, indent: str, colour: bool = False) -> list[str]:
     where = f" at step {f.step}" if f.step is not None else ""
     if "training_call" in f.detail:
         where += f" (training call {f.detail['training_call']})"
     ranks = f" on rank {', '.join(map(str, f.ranks))}" if f.ranks else ""
-    head = f"{indent}{_LABEL[f.severity]} {f.code}{where}{ranks}"
+    head = f"{indent}{_paint(_LABEL[f.severity], f.severity, colour)} {f.code}{where}{ranks}"
     out = [head]
     if f.params:
         out.append(f"{indent}  params: {name_list(f.params, limit=8)}")
-    out.extend(textwrap.wrap(f.message, width=100, initial_indent=indent + "  ", subsequent_indent=indent + "  "))
+    out.extend(textwrap.wrap(f.message, width=78, initial_indent=indent + "  ", subsequent_indent=indent + "  "))
     return out
 
 

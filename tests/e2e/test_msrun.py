@@ -3,6 +3,7 @@ with no change to the training script; each asserts the exact findings."""
 import pytest
 
 from e2e.jobs import launch, only
+from test_reports import check_every_format
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +17,7 @@ def test_clean_run_has_no_error_or_warning(tmp_path):
     assert result.report["run"]["ranks_found"] == [0, 1, 2]
     assert {r["status"] for r in result.report["run"]["ranks"].values()} == {"finished"}
     assert result.report["run"]["ranks"]["1"]["last_step"] == 12
+    assert check_every_format(tmp_path)["findings"] == []  # JSON, JUnit, Markdown, HTML, text
 
 
 def test_seed_mismatch_names_the_rank(tmp_path):
@@ -47,6 +49,7 @@ def test_one_nudged_parameter_is_named_alone(tmp_path):
     f = only(result, "param_divergence")
     assert (f["step"], f["ranks"], f["params"]) == (7, [2], ["fc1.weight"])
     assert result.codes() == ["param_divergence"]
+    assert [g["code"] for g in check_every_format(tmp_path)["findings"]] == ["param_divergence"]
 
 
 def test_nonfinite_loss_names_the_rank_it_was_born_on(tmp_path):
