@@ -98,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag a running rank as stalled when no step has completed for S seconds (default 30)")
     p.set_defaults(handler=cmd_watch)
 
+    p = sub.add_parser("diff", help="compare two runs step by step, within tolerances",
+                       description="Compare the loss, gradient norms and parameter statistics of RUN_A and "
+                                   "RUN_B at the steps both recorded (the same model on 1 device and on 8, "
+                                   "before and after a change), and report the first step and the parameters "
+                                   "where they part beyond |a - b| <= atol + rtol * |b|.")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    add_report_options(p, config=False)
+    p.set_defaults(handler=cmd_diff)
+
+    p = sub.add_parser("show", help="list what a run holds, or export one series as CSV",
+                       description="List the ranks (how each ended, the steps recorded), training calls, "
+                                   "parameters with their replica groups, and recorded kinds; with --series, "
+                                   "write one series of every rank as CSV (one row per step, one column per rank).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--series", metavar="NAME", help="loss, grad_norm, param:NAME or grad:NAME")
+    p.add_argument("--stat", default="l2", help="with param:/grad:, the statistic: min, max, mean, l2, nan, inf, "
+                                                "delta_l2 (default l2)")
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(handler=cmd_show)
+
     p = sub.add_parser("rules", help="list every finding code with its severity and one line")
     p.set_defaults(handler=cmd_rules)
     p = sub.add_parser("explain", help="print the documentation of a finding code")
@@ -106,14 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_report_options(p: argparse.ArgumentParser) -> None:
+def add_report_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     p.add_argument("--format", choices=("text", "json", "junit", "markdown", "html"), default="text",
                    help="text (a terminal), json (docs/report.schema.json), junit (CI test reports), "
                         "markdown (a CI step summary), html (one self-contained page with plots)")
     p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
                    help="lowest severity that makes the exit code 1 (default: error)")
-    p.add_argument("--config", metavar="FILE", help="YAML settings overriding configs/default.yaml")
+    if config:
+        p.add_argument("--config", metavar="FILE", help="YAML settings overriding configs/default.yaml")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -130,6 +154,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     config = _config(args.config)
     return launch(args, config)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from distcheck.diff import diff
+    from distcheck.report import finish_report
+
+    if not (args.rtol >= 0 and args.atol >= 0):
+        raise UsageError("--rtol and --atol must not be negative")
+    return finish_report(diff(args.run_a, args.run_b, args.rtol, args.atol), args.format, args.output, args.fail_on)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from distcheck.show import show
+
+    return show(args.run_dirs, args.series, args.stat, args.output)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -172,3 +172,23 @@ def test_a_bounded_number_of_files_stay_open_and_reopen_on_demand(tmp_path, monk
     finally:
         for r in readers:
             r.close()
+
+
+def test_every_dataset_of_a_real_dump_is_documented(tmp_path):
+    import os
+    import re
+
+    from synthetic import make_run
+
+    make_run(str(tmp_path), "nudge", full_steps=(2,))
+    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "format.md")).read()
+    documented = set(re.findall(r"`([a-z_]+(?:/[a-z_<>]+)*)`", doc))
+    found = []
+    with h5py.File(tmp_path / "rank_00000.h5", "r") as f:
+        f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+        attributes = list(f.attrs)
+    assert len(found) > 30
+    missing = [name for name in found if re.sub(r"/\d+$", "/<p>", name) not in documented]
+    assert missing == [], f"datasets not in docs/format.md: {missing}"
+    assert [a for a in attributes if a not in documented] == []
+    assert "(N, P, 7)" in doc  # the statistic columns: six of the tensor, and the update norm

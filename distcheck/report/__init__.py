@@ -15,7 +15,6 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
     on findings at or above ``fail_on``. Under mpirun only rank 0 writes."""
     from distcheck.analysis import ReplicaConfigError, analyze
     from distcheck.analysis.workers import make_pool
-    from distcheck.findings import Severity
     from distcheck.rules import health_checks
 
     pool = make_pool(workers)
@@ -23,11 +22,22 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
         analysis = analyze(run_dirs, config, checks=[health_checks], pool=pool)
     except ReplicaConfigError as exc:
         raise UsageError(f"the config does not fit this run: {exc}") from None
-    text = render(analysis, fmt, colour=output is None and _colour_terminal()) if pool.writes else ""
-    if pool.writes:
-        _emit(text, output)
-        for err in analysis.errors:
-            print(f"distcheck: input error: {err.message}", file=sys.stderr)
+    if not pool.writes:  # another MPI process writes
+        return _exit_code(analysis, fail_on)
+    return finish_report(analysis, fmt, output, fail_on)
+
+
+def finish_report(analysis, fmt: str, output: Optional[str], fail_on: str) -> int:
+    """Render and write ``analysis``, say its input errors, and return the exit code."""
+    _emit(render(analysis, fmt, colour=output is None and _colour_terminal()), output)
+    for err in analysis.errors:
+        print(f"distcheck: input error: {err.message}", file=sys.stderr)
+    return _exit_code(analysis, fail_on)
+
+
+def _exit_code(analysis, fail_on: str) -> int:
+    from distcheck.findings import Severity
+
     if analysis.errors:
         return ExitCode.INPUT
     if fail_on == "never":

@@ -45,12 +45,13 @@ def render_html(analysis: Analysis) -> str:
     first = min((f.step for f in analysis.findings if f.code in _CROSS_RANK and f.severity is Severity.ERROR
                  and f.step is not None), default=None)
     plots: list[tuple[str, str]] = []
-    run = load_run(analysis.run["dirs"])
-    try:
-        if run.readers:
-            plots = _plots(run, first, plt)
-    finally:
-        run.close()
+    if analysis.run.get("kind") != "diff":  # two runs: no per-rank plots
+        run = load_run(analysis.run["dirs"])
+        try:
+            if run.readers:
+                plots = _plots(run, first, plt)
+        finally:
+            run.close()
     return _page(analysis, plots, first)
 
 

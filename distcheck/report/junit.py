@@ -24,7 +24,10 @@ def render_junit(analysis: Analysis) -> str:
     by_code: dict[str, list[Finding]] = {}
     for f in analysis.findings:
         by_code.setdefault(f.code, []).append(f)
+    diffing = run.get("kind") == "diff"
     for code, rule in sorted(RULES.items()):
+        if code.startswith("diff_") != diffing:  # a diff's checks, or an analysis's
+            continue
         found = by_code.get(code, [])
         groups = sorted({tuple(f.detail.get("replica_group", ())) for f in found}) or [()]
         for group in groups:

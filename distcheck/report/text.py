@@ -35,6 +35,8 @@ def render_text(analysis: Analysis, colour: bool = False) -> str:
     roots, symptoms = _cause_tree(analysis.findings)
     if not run.get("ranks_found"):
         lines.append("No rank could be analysed, so nothing can be said about this run.")
+    elif not roots and run.get("kind") == "diff":
+        lines.append("The runs agree within tolerance at every step both recorded.")
     elif not roots:
         lines.append("No problems found: every replica agreed at every recorded step, and no health rule fired.")
     labels = dict(_GROUPS)
@@ -86,6 +88,11 @@ def _paint(text: str, severity: Severity, colour: bool) -> str:
 
 
 def _headline(run: dict) -> str:
+    if run.get("kind") == "diff":
+        a, b = run["runs"]
+        return (f"distcheck diff: {a['dir']} ({a['world_size']} rank(s), steps 0..{a['last_step']}) against "
+                f"{b['dir']} ({b['world_size']} rank(s), steps 0..{b['last_step']}), rtol {run['rtol']:g}, "
+                f"atol {run['atol']:g}")
     steps = [r["last_step"] for r in run.get("ranks", {}).values() if r["last_step"] is not None]
     span = f", steps 0..{max(steps)}" if steps else ""
     every = f" every {run['every']} steps" if run.get("every") and run["every"] != 1 else ""

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from distcheck.analysis.run import Run
 from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
 from distcheck.findings import Finding, Note
-from distcheck.rules import activations, consistency, data, gradients, init, loss, static, weights  # noqa: F401
+from distcheck.rules import activations, consistency, data, diff, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import RULES, Rule
 
