@@ -42,16 +42,27 @@ def outlier_mask(digests: np.ndarray, present: np.ndarray | None = None) -> tupl
     the column disagrees with no strict majority (then every present replica is
     marked); ``has_majority`` (...) says which columns had one.
 
-    Each column's replicas are sorted by digest, so equal digests form runs; a replica's
-    support is the length of its run. Nothing is R x R.
+    Columns where every present replica holds the first one's digest agree at once; in
+    the others the replicas are sorted by digest, so equal digests form runs, and a
+    replica's support is the length of its run. Nothing is R x R.
     """
     n = digests.shape[0]
     shape = digests.shape[1:-1]
     if present is None:
         present = np.ones((n, *shape), bool)
-    lo = digests[..., 0].reshape(n, -1).T  # (C, R)
-    hi = digests[..., 1].reshape(n, -1).T
-    here = present.reshape(n, -1).T
+    lo_all = digests[..., 0].reshape(n, -1)  # (R, C)
+    hi_all = digests[..., 1].reshape(n, -1)
+    here_all = present.reshape(n, -1)
+    # Fast path: columns where every present replica equals the first present one agree.
+    first = np.argmax(here_all, axis=0)
+    cols = np.arange(lo_all.shape[1])
+    same = ((lo_all == lo_all[first, cols]) & (hi_all == hi_all[first, cols])) | ~here_all
+    split = np.flatnonzero(~same.all(axis=0))
+    outliers_all = np.zeros(lo_all.shape, bool)
+    majority_all = np.ones(lo_all.shape[1], bool)
+    if not len(split):
+        return outliers_all.reshape(n, *shape), majority_all.reshape(shape)
+    lo, hi, here = lo_all[:, split].T, hi_all[:, split].T, here_all[:, split].T  # (C', R)
     order = np.lexsort((hi, lo, ~here), axis=-1)  # present first, then by digest
     lo_s, hi_s, here_s = (np.take_along_axis(a, order, axis=-1) for a in (lo, hi, here))
     starts = np.ones(lo_s.shape, bool)
@@ -68,4 +79,6 @@ def outlier_mask(digests: np.ndarray, present: np.ndarray | None = None) -> tupl
     has_majority = in_majority.any(axis=-1)
     disagrees = np.any(here & (support < voters), axis=-1)
     outliers = np.where(has_majority[:, None], here & ~in_majority, here & disagrees[:, None])
-    return outliers.T.reshape(n, *shape), (has_majority | ~disagrees).reshape(shape)
+    outliers_all[:, split] = outliers.T
+    majority_all[split] = has_majority | ~disagrees
+    return outliers_all.reshape(n, *shape), majority_all.reshape(shape)

@@ -99,6 +99,11 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
                                     for m, r, idx in zip(members, readers, rows)])  # (R, t, P, 2)
                 mask = np.broadcast_to(present[kind][:, start:stop, None], digests.shape[:-1])
                 block[kind] = outlier_mask(digests, mask)
+        if all(v is None for v in block.values()):  # every rank agrees on every step of the block
+            for tracker in trackers.values():
+                tracker.prev[:] = False
+            prev_step = int(steps[stop - 1])
+            continue
         for t in range(stop - start):
             step = int(steps[start + t])
             views = {}

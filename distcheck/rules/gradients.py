@@ -108,11 +108,16 @@ def grad_exploding(rank: RankData, settings: dict):
     if mask.sum() == 0:
         return []
     cols = _with_grads(rank)
-    l2 = rank.column("grad", "l2")[mask][:, cols].astype(np.float64)
-    bad_values = (rank.column("grad", "nan")[mask][:, cols] + rank.column("grad", "inf")[mask][:, cols]) > 0
+    every = len(cols) == len(rank.params)  # views rather than copies, the common case
+
+    def take(stat: str) -> np.ndarray:
+        values = rank.column("grad", stat)[mask]
+        return values if every else values[:, cols]
+
+    l2 = take("l2")
     steps = rank.steps[mask]
-    norm = np.sqrt(np.sum(np.square(l2), axis=1))
-    nonfinite = bad_values.any(axis=1) | ~np.isfinite(norm)
+    norm = np.sqrt(np.einsum("ij,ij->i", l2, l2, dtype=np.float64))
+    nonfinite = (take("nan") > 0).any(axis=1) | (take("inf") > 0).any(axis=1) | ~np.isfinite(norm)
     warm, window = int(settings["warmup"]), int(settings["window"])
     span = max(1, int(settings["span"]))
     level, recent_median = _levels(norm, window, span)
@@ -123,7 +128,8 @@ def grad_exploding(rank: RankData, settings: dict):
         return []
     i = int(np.argmax(hit))
     if nonfinite[i]:
-        names = [rank.name(c) for c, b in zip(cols, bad_values[i]) if b] or ["(global norm)"]
+        bad_values = (take("nan")[i] + take("inf")[i]) > 0
+        names = [rank.name(c) for c, b in zip(cols, bad_values) if b] or ["(global norm)"]
         message = (f"Non-finite gradients at step {int(steps[i])} in {name_list(names)}. If the loss was already "
                    "non-finite, that is the root cause; otherwise lower the learning rate or clip gradients.")
         return [finding("grad_exploding", int(steps[i]), [rank.rank], names, message, detail={"nonfinite": True})]

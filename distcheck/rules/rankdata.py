@@ -17,6 +17,8 @@ from distcheck.store.schema import ParamInfo
 BLOCK = 1024
 _COL = {name: i for i, name in enumerate(schema.STAT_COLUMNS)}
 _SCALED = ("l2", "mean", "min", "max")  # statistics a loss scale multiplies
+#: The statistics the rules read over whole runs, per kind (read together).
+_USED = {"param": ("l2", "delta_l2"), "grad": ("l2", "nan", "inf")}
 
 
 class RankData:
@@ -48,21 +50,23 @@ class RankData:
         return (self.has & schema.HAS_LOSS) != 0
 
     def column(self, kind: str, stat: str) -> np.ndarray:
-        """(N, P) one statistic of every parameter (or gradient) at every step, read in
-        blocks and kept alone (one rank's run holds only the columns its rules ask for).
-        Gradient magnitudes are unscaled: divided by the optimizer's loss scale (see
-        ``grad_scale``)."""
+        """(N, P) one statistic of every parameter (or gradient) at every step. The
+        statistics the rules use of a kind (:data:`_USED`) are read together, in one
+        pass over the blocks, and only they are kept. Gradient magnitudes are unscaled:
+        divided by the optimizer's loss scale (see ``grad_scale``)."""
         cache = self.__dict__.setdefault("_column_cache", {})
-        key = (kind, stat)
-        if key not in cache:
-            c = _COL[stat]
-            parts = [self.reader.stats(kind, start, start + BLOCK)[:, :, c]
+        if (kind, stat) not in cache:
+            wanted = tuple(dict.fromkeys((*_USED.get(kind, ()), stat)))
+            idx = [_COL[name] for name in wanted]
+            parts = [self.reader.stats(kind, start, start + BLOCK)[:, :, idx]
                      for start in range(0, self.reader.n_steps, BLOCK)]
-            values = np.concatenate(parts) if parts else np.zeros((0, len(self.params)), np.float32)
-            if kind == "grad" and stat in _SCALED and self.grad_scale != 1.0:
-                values = values / np.float32(self.grad_scale)
-            cache[key] = values
-        return cache[key]
+            block = np.concatenate(parts) if parts else np.zeros((0, len(self.params), len(idx)), np.float32)
+            for k, name in enumerate(wanted):
+                values = np.ascontiguousarray(block[:, :, k])
+                if kind == "grad" and name in _SCALED and self.grad_scale != 1.0:
+                    values = values / np.float32(self.grad_scale)
+                cache.setdefault((kind, name), values)
+        return cache[(kind, stat)]
 
     def row(self, kind: str, index: int, stats: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The statistics ``stats`` of every parameter at row ``index`` alone."""
@@ -96,8 +100,15 @@ class RankData:
 
     @cached_property
     def changed(self) -> np.ndarray:
-        """(P,) bool: the parameter's bytes changed at some recorded step after the first."""
-        out = np.zeros(len(self.params), bool)
+        """(P,) bool: the parameter's bytes changed at some recorded step after the first.
+        Those whose last digest differs from the first changed; only if some do not are
+        the steps in between read."""
+        n = self.reader.n_steps
+        if n < 2:
+            return np.zeros(len(self.params), bool)
+        out = np.any(self.reader.digests("param", 0, 1)[0] != self.reader.digests("param", n - 1, n)[0], axis=-1)
+        if out.all():
+            return out
         previous = None
         for start in range(0, self.reader.n_steps, BLOCK):
             block = self.reader.digests("param", start, start + BLOCK)
