@@ -22,6 +22,7 @@ This follows MindSpore's documented formats and its own slicing code
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -39,10 +40,7 @@ class ParamLayout:
 
     @property
     def stage_devices(self) -> int:
-        n = 1
-        for d in self.dev_matrix:
-            n *= int(d)
-        return n
+        return math.prod(int(d) for d in self.dev_matrix)
 
     def split_axes(self) -> set[int]:
         """The device-matrix axes (as indices from the left) the tensor is split along."""
@@ -54,10 +52,7 @@ class ParamLayout:
         return axes
 
     def slice_shards(self) -> int:
-        n = 1
-        for axis in self.split_axes():
-            n *= int(self.dev_matrix[axis])
-        return n
+        return math.prod(int(self.dev_matrix[axis]) for axis in self.split_axes())
 
 
 def coordinates(index: int, dev_matrix: Sequence[int]) -> list[int]:

@@ -38,15 +38,21 @@ def make_run(path: str, bug: str = "none", size: int = 3, steps: int = 12, every
              full_steps: tuple = (), parallel_mode: str = "data_parallel") -> None:
     worlds = FakeWorld.create(size)
     bug_rank = size - 1
+    play(worlds, lambda world: _train(world, path, bug, bug_rank, steps, every, full_steps, parallel_mode))
+
+
+def play(worlds: list[FakeWorld], rank_main) -> None:
+    """Run ``rank_main(world)`` for every rank in a thread of its own; re-raise the first
+    failure in the test."""
     errors: list = []
 
-    def rank_main(world: FakeWorld) -> None:
+    def guarded(world: FakeWorld) -> None:
         try:
-            _train(world, path, bug, bug_rank, steps, every, full_steps, parallel_mode)
-        except Exception as exc:  # surface thread failures in the test
+            rank_main(world)
+        except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=rank_main, args=(w,)) for w in worlds]
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in worlds]
     for t in threads:
         t.start()
     for t in threads:

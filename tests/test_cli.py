@@ -157,3 +157,28 @@ def test_labels_setting_is_checked(tmp_path):
     bad.write_text("labels: last\n")
     with pytest.raises(ConfigError, match="'labels' must be null"):
         load_config(str(bad))
+
+
+def test_a_progress_bar_on_a_terminal_and_none_in_logs(tmp_path):
+    import os
+    import pty
+
+    make_run(str(tmp_path / "run"), "none", size=64, steps=3)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    argv = [sys.executable, "-m", "distcheck", "analyze", str(tmp_path / "run"), "--output", str(tmp_path / "r.txt")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child runs the analysis with a terminal on stderr
+        os.execve(argv[0], argv, env)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.waitpid(pid, 0)
+    assert b"reading" in seen and b"Traceback" not in seen
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert "reading" not in proc.stderr and proc.returncode == 0

@@ -2,7 +2,6 @@
 analysis, on synthetic hybrid jobs played by FakeWorld ranks (the real 6-rank msrun job
 is in e2e/test_hybrid.py)."""
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from distcheck.layout import ParamLayout, from_layout_tuple, from_strategy_item,
 from distcheck.recording import ConsistencyError, ParamInfo, ProbeOptions, Recorder
 from distcheck.replicas import Declaration, DeclarationError, Source, leaders, resolve
 from distcheck.world import FakeWorld
+from synthetic import play
 
 HYBRID = [{"params": "mid.*", "groups": [[0, 2, 4], [1, 3, 5]]}, {"params": "*", "groups": [[0, 1, 2, 3, 4, 5]]}]
 
@@ -107,7 +107,7 @@ def _hybrid(path, bug="none", declare=True, fail_fast=False):
     """6 ranks, 2-way model parallel x 3-way data parallel: rank r holds shard r % 2 of
     mid.weight; a model-parallel pair reads one batch, the pairs read different ones."""
     worlds = FakeWorld.create(6)
-    errors, stopped = [], []
+    stopped = []
     options = ProbeOptions(flush_seconds=0.0, fail_fast=fail_fast,
                            replica_groups=json.dumps(HYBRID) if declare else "")
 
@@ -129,16 +129,8 @@ def _hybrid(path, bug="none", declare=True, fail_fast=False):
             rec.close()
         except ConsistencyError:
             stopped.append(r)
-        except Exception as exc:
-            errors.append(exc)
 
-    threads = [threading.Thread(target=rank_main, args=(w,)) for w in worlds]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    play(worlds, rank_main)
     return sorted(stopped)
 
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from distcheck.analysis.progress import ProgressBar
 from distcheck.store import schema
 from distcheck.store.reader import DumpError, DumpReader, Screening
 
@@ -86,11 +87,13 @@ def load_run(dirs: list[str], screen_files: bool = True) -> Run:
                                          "is this the directory printed by 'distcheck launch'?"))
             continue
         paths = [os.path.join(directory, name) for name in names]
-        with Screening(paths if screen_files else []) as screening:
+        with Screening(paths if screen_files else []) as screening, \
+                ProgressBar(f"reading {directory}", len(paths)) as bar:
             for i, (name, path) in enumerate(zip(names, paths)):
                 rank = int(schema.FILE_PATTERN.match(name).group(1))
                 _load_file(run, path, rank, lambda: screening.reader(i) if screen_files
                            else DumpReader(path, check_hangs=False))
+                bar.advance()
     return run
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Optional
 
+from distcheck.analysis.progress import ProgressBar
 from distcheck.analysis.run import Run
 from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
 from distcheck.findings import Finding, Note
@@ -45,11 +46,13 @@ def _judge_ranks(task: tuple[list[str], list[int], dict[str, Any]]) -> list[Find
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
     out: list[Finding | Note] = []
-    for rank in ranks:
-        rank_data = RankData(run.readers[rank])
-        for code, r in RULES.items():
-            if not r.cross_rank and code not in disabled:
-                out.extend(r.check(rank_data, settings.get(code) or {}))
+    with ProgressBar("health rules", len(ranks)) as bar:
+        for rank in ranks:
+            rank_data = RankData(run.readers[rank])
+            for code, r in RULES.items():
+                if not r.cross_rank and code not in disabled:
+                    out.extend(r.check(rank_data, settings.get(code) or {}))
+            bar.advance()
     return out
 
 
