@@ -91,7 +91,8 @@ def test_bad_config_is_a_clear_error(tmp_path):
                            "replica_groups entry 1: unknown key(s) group"),
                           ("replica_groups: [{params: 'dense*', groups: [[0, 7]]}]\n",
                            "entry 1 (params: 'dense*'): rank(s) 7 do not exist in a job of 3 rank(s)"),
-                          ("replica_groups: [{params: 'dense*', groups: [[0, 1, 2]]}, {params: 'mid.*', groups: [[0]]}]\n",
+                          ("replica_groups: [{params: 'dense*', groups: [[0, 1, 2]]},\n"
+                           "                 {params: 'mid.*', groups: [[0]]}]\n",
                            "replica_groups entry 2 (params: 'mid.*') match(es) no parameter of the run"),
                           ("[1, 2", "not valid YAML")]:
         cfg.write_text(text)

@@ -15,7 +15,8 @@ from test_replicas import HYBRID, _hybrid
 def _findings(run_dir, *options, launcher=()):
     proc = subprocess.run([*launcher, sys.executable, "-m", "distcheck", "analyze", str(run_dir), "--format", "json",
                            *options], capture_output=True, text=True, timeout=300)
-    assert proc.stdout.count('"schema"') == 1, proc.stdout[-2000:] + proc.stderr[-2000:]  # one report, even under mpirun
+    # one report, even under mpirun
+    assert proc.stdout.count('"schema"') == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     return proc.returncode, [(f["code"], f["step"], f["ranks"], f["params"]) for f in report["findings"]]
 

@@ -35,10 +35,10 @@ import numpy as np
 import xxhash
 from mindspore import Parameter, Tensor, nn
 
+from distcheck.layout import on_last_stage
 from distcheck.mindspore.activations import ActivationTap, install_activation_probes
 from distcheck.mindspore.capture import GradCapture
 from distcheck.mindspore.cells import network_parameters
-from distcheck.layout import on_last_stage
 from distcheck.mindspore.layouts import SHARDED_MODES, layout_groups
 from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
@@ -285,7 +285,8 @@ class Probe:
     # -- internals ---------------------------------------------------------------
     def _record(self, step: int, grads_valid: bool, loss: float | None, batch: list[np.ndarray] | None,
                 forward_ran: bool = True) -> None:
-        params = [to_numpy(p, copy=False) for p in self._params]  # summarised at once; the recorder copies what it keeps
+        # Views: summarised at once, and the recorder copies what it keeps.
+        params = [to_numpy(p, copy=False) for p in self._params]
         grads = None
         if grads_valid and self.capture is not None:
             shadows = self.capture.shadows

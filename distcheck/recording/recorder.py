@@ -228,8 +228,8 @@ class Recorder:
         """Record run step ``step``, and join the online check if one is due.
 
         Arrays are in the order given to :meth:`open`; they may be views of live
-        memory, as the recorder copies what it keeps. With ``params=None`` (a probe with nothing to give) it only
-        joins the check.
+        memory, as the recorder copies what it keeps. With ``params=None`` (a probe
+        with nothing to give) it only joins the check.
         """
         if self._failure is not None and self.enabled:
             self.disable(self._failure)
