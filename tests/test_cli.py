@@ -183,3 +183,18 @@ def test_a_progress_bar_on_a_terminal_and_none_in_logs(tmp_path):
     assert b"reading" in seen and b"Traceback" not in seen
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert "reading" not in proc.stderr and proc.returncode == 0
+
+
+def test_launch_keeps_the_frameworks_info_lines_out_of_the_terminal(tmp_path):
+    script = tmp_path / "chatty.py"
+    script.write_text("import sys\n"
+                      "print('[INFO] DISTRIBUTED(7090,7f6a04a9b6c0,python):2026-11-28 tcp_server.cc:314] Start]')\n"
+                      "print('[WARNING] ME(22433,7f66,MainProcess):2026 dtype.py:295] deprecated')\n"
+                      "print('rank 0 done', flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_v"}
+    argv = [sys.executable, "-m", "distcheck", "launch", "-n", "1", "--launcher", "none", "--out",
+            str(tmp_path / "run"), "--", sys.executable, str(script)]
+    quiet = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert "rank 0 done" in quiet.stderr and "[WARNING] ME(" in quiet.stderr and "[INFO]" not in quiet.stderr
+    loud = subprocess.run(argv, capture_output=True, text=True, env={**env, "GLOG_v": "1"}, timeout=120)
+    assert "[INFO] DISTRIBUTED(7090" in loud.stderr  # the user asked for them

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -74,29 +75,33 @@ def _plots(run: Run, first: Optional[int], plt) -> list[tuple[str, str]]:
 
 
 def _series(reader) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    steps = reader.steps
-    keep = _thin(len(steps))
+    """Loss, global gradient norm and median update ratio at the thinned steps, read in
+    blocks of rows (only the statistics the plots need are kept)."""
+    keep = _thin(len(reader.steps))
     has = reader.has()[keep]
     loss = np.where((has & schema.HAS_LOSS) != 0, reader.loss()[keep], np.nan)
-    grad = np.full(len(keep), np.nan)
-    ratio = np.full(len(keep), np.nan)
     weights = np.array([i for i, p in enumerate(reader.params) if p.trainable and len(p.shape) >= 2], int)
     l2_col, delta_col = schema.STAT_COLUMNS.index("l2"), schema.STAT_COLUMNS.index("delta_l2")
-    previous_l2 = None
-    for j, i in enumerate(keep):
-        i = int(i)
-        if has[j] & schema.HAS_GRADS:
-            g = reader.stats("grad", i, i + 1)[0, :, l2_col].astype(np.float64)
-            grad[j] = np.sqrt(np.nansum(np.square(g)))
-        if len(weights):
-            p = reader.stats("param", i, i + 1)[0]
-            if previous_l2 is not None and i > 0:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    r = p[weights, delta_col] / previous_l2
-                r = r[np.isfinite(r)]
-                ratio[j] = np.median(r) if len(r) else np.nan
-            previous_l2 = p[weights, l2_col].astype(np.float64)
-    x = steps[keep]
+    grad_l2, param_l2, delta = [], [], []
+    for start in range(0, reader.n_steps, 1024):
+        rows = keep[(keep >= start) & (keep < start + 1024)] - start
+        grads = reader.stats("grad", start, start + 1024)[:, :, l2_col].astype(np.float64)
+        params = reader.stats("param", start, start + 1024)[:, weights]
+        previous = reader.stats("param", start - 1, start)[:, weights] if start else params[:1] * np.nan
+        grad_l2.append(grads[rows])
+        param_l2.append(np.concatenate([previous, params])[rows, :, l2_col])  # the row before each kept one
+        delta.append(params[rows, :, delta_col])
+    grad = np.sqrt(np.nansum(np.square(np.concatenate(grad_l2)), axis=1)) if grad_l2 else np.zeros(0)
+    grad = np.where((has & schema.HAS_GRADS) != 0, grad, np.nan)
+    ratio = np.full(len(keep), np.nan)
+    if len(weights) and delta:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.concatenate(delta) / np.concatenate(param_l2)
+        r[~np.isfinite(r)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a step without any ratio
+            ratio = np.nanmedian(r, axis=1)
+    x = reader.steps[keep]
     return {"loss": (x, loss), "grad_norm": (x, grad), "update_ratio": (x, ratio)}
 
 
