@@ -257,3 +257,58 @@ def test_tensors_summarised_in_parallel_batches_give_the_serial_result(monkeypat
     for (d1, s1), (d2, s2) in zip(*results):
         assert np.array_equal(d1, d2) and np.array_equal(s1, s2, equal_nan=True)
     assert np.isfinite(results[1][2][1][:, -1]).all()  # update norms from the second step on
+
+
+def _numpy_path(monkeypatch):
+    from distcheck.recording import fused
+
+    monkeypatch.setattr(fused, "_tried", True)
+    monkeypatch.setattr(fused, "_library", None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_pass_kernels_agree_with_numpy(dtype, monkeypatch):
+    from distcheck.recording import fused, summaries
+
+    assert fused.library() is not None, fused.why_not()  # the suite's machines have a C compiler
+    rng = np.random.default_rng(1)
+    sizes = (1, 63, 64, 65, 1000, 300_001)  # around the lane width, and a long tail
+    infos = [ParamInfo(f"p{i}", (n,), np.dtype(dtype).name, True, True) for i, n in enumerate(sizes)]
+    steps = [[(rng.standard_normal(n) * 3 + 1).astype(dtype) for n in sizes] for _ in range(3)]
+    steps[2][3][7] = np.nan  # a NaN and an Inf: counted by the numpy fallback either way
+    steps[2][4][0] = np.inf
+    steps[1].append(np.arange(10, dtype=dtype)[::2])  # not contiguous: the numpy path
+    steps[0].append(np.arange(5, dtype=dtype))
+    steps[2].append(np.arange(5, dtype=dtype) * 2)
+    infos.append(ParamInfo("strided", (5,), np.dtype(dtype).name, True, True))
+    results = []
+    for use_numpy in (False, True):
+        if use_numpy:
+            _numpy_path(monkeypatch)
+        previous = summaries.Previous()
+        results.append([summaries.summarise(infos, [v.copy() for v in values], "param", previous=previous)
+                        for values in steps])
+        kept = [previous.kept(i, steps[2][i]) for i in range(len(infos))]
+        assert all(np.array_equal(k, v, equal_nan=True) for k, v in zip(kept, steps[2]))
+    rtol = 1e-4 if dtype == np.float32 else 1e-12
+    for (d1, s1), (d2, s2) in zip(*results):
+        assert np.array_equal(d1, d2)  # digests never depend on the path
+        assert np.array_equal(s1[:, :2], s2[:, :2], equal_nan=True)  # min and max exactly
+        np.testing.assert_allclose(s1, s2, rtol=rtol, atol=1e-6)
+    assert results[0][2][1][3, 4] == 1 and results[0][2][1][4, 5] == 1  # NaN and Inf counts
+
+
+def test_without_the_compiled_kernels_the_recorder_still_measures_updates(tmp_path, monkeypatch):
+    _numpy_path(monkeypatch)
+    test_update_norms_from_views_of_live_memory(tmp_path)
+
+
+def test_without_a_compiler_the_kernels_say_why_and_stay_off(tmp_path, monkeypatch):
+    from distcheck.recording import fused
+
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setenv("DISTCHECK_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    assert fused.library() is None and "cannot build" in fused.why_not()
+    assert fused.summary(np.ones(10, np.float32)) is None and os.listdir(tmp_path) == []  # no partial file left

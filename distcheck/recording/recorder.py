@@ -31,7 +31,7 @@ from distcheck.recording.heartbeat import HeartbeatThread
 from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
 from distcheck.recording.progress import Progress, StepNumbering
-from distcheck.recording.summaries import Previous, step_row
+from distcheck.recording.summaries import Previous, step_row, warm_up
 from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, leaders, resolve
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
@@ -161,6 +161,7 @@ class Recorder:
 
     def _start(self) -> None:
         watch(self)
+        warm_up()
         period = self.options.flush_seconds if 0 < self.options.flush_seconds < 2.0 else 2.0
         self._heartbeat = HeartbeatThread(self.writer, self.progress, period, self.options.stall_seconds,
                                           self.rank, self._heartbeat_failed)

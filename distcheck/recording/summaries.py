@@ -9,6 +9,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from distcheck.digest import digest, digest_rows, stats
+from distcheck.recording import fused
+from distcheck.recording.options import log
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo
 
@@ -68,6 +70,16 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def warm_up() -> None:
+    """Build or load the one-pass kernels in the background (about a second the first
+    time on a machine), while the framework compiles its graph."""
+    def build() -> None:
+        if fused.library() is None:
+            log(f"statistics computed with numpy, about 3x slower: {fused.why_not()}")
+
+    _pool().submit(build)
+
+
 def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]], kind: str,
               write_full: Optional[FullWriter] = None,
               previous: Optional["Previous"] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +98,8 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
         if array is None:
             return
         rows[i] = digest(array)
+        if _fused_row(i, array, stat_rows, previous):
+            return
         stat_rows[i, :-1] = stats(array, params[i].dtype)
         if previous is not None:
             previous.measure_and_keep(i, stat_rows, array, params[i].dtype)
@@ -102,6 +116,28 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
             if array is not None:
                 write_full(kind, i, array)
     return rows, stat_rows
+
+
+def _fused_row(i: int, array: np.ndarray, stat_rows: np.ndarray, previous: Optional["Previous"]) -> bool:
+    """Statistics (and the update, kept copy refreshed) in one pass, where the compiled
+    kernels take this array; False, with nothing done, where they do not."""
+    kept = previous.kept(i, array) if previous is not None else None
+    if kept is not None:
+        result = fused.summary_and_keep(array, kept)
+    elif previous is None:
+        result = fused.summary(array)
+    else:  # the first sight of this parameter: the numpy path keeps a copy
+        return False
+    if result is None:
+        return False
+    lo, hi, total, square = result[:4]
+    if not (np.isfinite(total) and np.isfinite(square)):
+        stat_rows[i, :-1] = stats(array)  # counts NaN and Inf
+    else:
+        stat_rows[i, :-1] = (lo, hi, total / array.size, np.sqrt(square), 0, 0)
+    if kept is not None:
+        stat_rows[i, -1] = np.sqrt(result[4])
+    return True
 
 
 def _batches(sizes: Sequence[int]) -> list[list[int]]:
@@ -122,9 +158,10 @@ def _batches(sizes: Sequence[int]) -> list[list[int]]:
 
 class Previous:
     """The parameters as last recorded, in buffers of its own allocated once, to measure
-    each update: host memory of one copy of the parameters, plus a scratch buffer of the
-    largest per summarising thread. The last column of a step's statistics becomes the
-    L2 norm of each parameter's change since then, computed in float32 at least (float16
+    each update: host memory of one copy of the parameters. Float32 and float64 tensors
+    are compared and copied in the same pass as their statistics (:mod:`fused`); others
+    use a scratch buffer of the largest per summarising thread. The last column of a
+    step's statistics becomes the L2 norm of each parameter's change since then, computed in float32 at least (float16
     differences would round; bfloat16 arrives as bits). Each index is touched by one
     thread at a time."""
 
@@ -135,6 +172,11 @@ class Previous:
     def resize(self, n: int) -> None:
         if len(self._kept) != n:
             self._kept = [None] * n
+
+    def kept(self, i: int, now: np.ndarray) -> Optional[np.ndarray]:
+        """The copy kept of parameter ``i`` if it matches ``now`` in shape and dtype."""
+        before = self._kept[i]
+        return before if before is not None and before.shape == now.shape and before.dtype == now.dtype else None
 
     def measure_and_keep(self, i: int, stat_rows: np.ndarray, now: np.ndarray, dtype: str) -> None:
         before = self._kept[i]
