@@ -1,10 +1,10 @@
 """The device path's replica comparison (`distcheck.mindspore.equality`) on real ranks.
 
-Run under msrun with 2 ranks. Both ranks build the same tensors from one seed; rank 1
-then changes some of them: one flipped bit (lowest mantissa, sign, exponent; float32,
+Run under msrun with 2 or more ranks. Every rank builds the same tensors from one seed;
+rank 1 then changes some of them: one flipped bit (lowest mantissa, sign, exponent; float32,
 float16, int32), a negative zero, NaN on one or both ranks, and 200 small tensors each
 with one random bit flipped or left alone. Every rank runs `ReplicaEquality` in
-GRAPH_MODE and saves its answer with the raw bits of every tensor, so that a test can
+GRAPH_MODE and saves the table it got with the raw bits of every tensor, so that a test can
 check the answer against numpy tensor by tensor. With ``--time`` it also times the
 comparison of about 10.5M float32 parameters against the host path (xxh3 digests and an
 all-gather), as ``scripts/bench/equality.py`` does.
@@ -107,9 +107,9 @@ def main() -> None:
     rank = get_rank()
     arrays = cases(rank)
     cell = ReplicaEquality()
-    same, nan = compare(cell, [Tensor(a) for a in arrays.values()])
+    differs, nan = compare(cell, [Tensor(a) for a in arrays.values()])
     names = list(arrays)
-    np.savez(os.path.join(out_dir, f"equality_{rank}.npz"), same=same, nan=nan, names=np.array(names),
+    np.savez(os.path.join(out_dir, f"equality_{rank}.npz"), differs=differs, nan=nan, names=np.array(names),
              **{f"bits_{i}": a.reshape(-1).view(f"u{a.itemsize}") for i, a in enumerate(arrays.values())})
     if "--time" not in sys.argv:
         return

@@ -1,21 +1,26 @@
-"""Whether the replicas of each tensor hold the same bits, decided where the tensors live.
+"""Which replicas of each tensor differ, decided where the tensors live.
 
 The host path digests every tensor on the host, which on Ascend and GPU means copying
 the parameters over PCIe at each recorded step. This is the device path's comparison
-(design 2 of ``docs/cost-model.md``): for each tensor, ``AllReduce(MAX)`` and
-``AllReduce(MIN)`` over its replica group are equal element by element exactly when
-every replica holds the same values. Two things are aside, as the comparison is of
-values, not bits:
+(design 2 of ``docs/cost-model.md``): each tensor is broadcast from the group's leader,
+every rank compares its own copy with the leader's element by element, and the ranks
+all-gather one flag per tensor. The host reads back an (R, N) table of booleans.
+
+It is exact for values, not bits, so two things are aside:
 
 - ``-0.0`` and ``0.0`` compare equal;
-- NaN: where any replica holds a NaN the answer is "unknown" (the ``nan`` flag), since
-  MAX and MIN of NaN differ between kernels. The NaN counts of the statistics find those.
+- NaN: where any replica holds a NaN the answer is "unknown" (the ``nan`` table), as NaN
+  equals nothing. The NaN counts of the statistics find those.
 
-Everything else, down to a flip of the lowest mantissa bit of one element on one
-replica, is seen (tested on CPU against numpy, bit for bit: ``scripts/equality_job.py``).
-The host reads back two booleans a tensor. The cost is two all-reduces of the tensors'
-bytes over the group, so it suits the steps the online check runs on, not every step;
-finding which replica differs then takes the host digests of the unequal tensors only.
+Everything else, down to a flip of the lowest mantissa bit of one element on one rank,
+is seen, and the rank named (tested on CPU against numpy, bit for bit, under msrun:
+``scripts/equality_job.py``). The cost per tensor is one broadcast of its bytes over the
+group and one pass to compare, plus one all-gather of 2N flags: it suits the steps the
+online check runs on, not every step.
+
+Why a broadcast and not ``AllReduce(MAX)`` against ``AllReduce(MIN)``: the broadcast
+moves about half the bytes of one all-reduce in a ring, names the differing ranks
+directly, and runs on CPU, whose AllReduce only sums.
 """
 
 from __future__ import annotations
@@ -29,32 +34,49 @@ from mindspore.communication import GlobalComm
 
 
 class ReplicaEquality(nn.Cell):
-    """``cell(tensors) -> (same, nan)``: two bool Tensors of shape (N,) for a tuple of N
-    tensors, the same on every rank of ``group``. ``same[i]`` says every replica of
-    tensor i holds the same values (see the module notes); ``nan[i]`` says some replica
-    holds a NaN, which makes ``same[i]`` False. All ranks of the group must call it with
-    tensors of the same shapes and dtypes, in the same order."""
+    """``cell(tensors) -> (R, 2N)`` float32 Tensor, the same on every rank of ``group``,
+    for a tuple of N tensors: column i of row r is 1 where rank r's tensor i differs from
+    the leader's (rank ``leader``, in ``group``), column N + i is 1 where rank r's holds a
+    NaN. All ranks of the group must call it with tensors of the same shapes and dtypes,
+    in the same order. Floats are compared as they are; integers of up to 32 bits as two
+    exact float32 halves (CPU collectives move floats only)."""
 
-    def __init__(self, group: str = GlobalComm.WORLD_COMM_GROUP) -> None:
+    def __init__(self, leader: int = 0, group: str = GlobalComm.WORLD_COMM_GROUP) -> None:
         super().__init__()
-        self.highest = ops.AllReduce(ops.ReduceOp.MAX, group)
-        self.lowest = ops.AllReduce(ops.ReduceOp.MIN, group)
-        self.any_rank = ops.AllReduce(ops.ReduceOp.MAX, group)
+        self.broadcast = ops.Broadcast(leader, group)
+        self.gather = ops.AllGather(group)
+        self.any = ops.ReduceAny()
 
     def construct(self, tensors):
-        equal = ()
-        local_nan = ()
+        differs = ()
+        nan = ()
         for t in tensors:
-            equal += (ops.reduce_all(ops.equal(self.highest(t), self.lowest(t))),)
-            local_nan += (ops.reduce_any(ops.isnan(t)),)
-        nan = self.any_rank(ops.cast(ops.stack(local_nan), mstype.int32)) > 0
-        same = ops.logical_and(ops.stack(equal), ops.logical_not(nan))
-        return same, nan
+            if t.dtype in (mstype.float32, mstype.float16, mstype.float64):
+                differs += (self._differs(t),)
+            else:
+                wide = ops.cast(t, mstype.int64)
+                high = ops.cast(ops.floor_div(wide, 65536), mstype.float32)
+                low = ops.cast(ops.floor_mod(wide, 65536), mstype.float32)
+                differs += (ops.logical_or(self._differs(high), self._differs(low)),)
+            nan += (self.any(ops.not_equal(t, t)),)  # never for integers
+        flags = ops.cast(ops.stack(differs + nan), mstype.float32)
+        return self.gather(ops.expand_dims(flags, 0))
+
+    def _differs(self, t):
+        leaders = self.broadcast((t,))[0]
+        both_nan = ops.logical_and(ops.not_equal(t, t), ops.not_equal(leaders, leaders))
+        return self.any(ops.logical_and(ops.not_equal(t, leaders), ops.logical_not(both_nan)))
 
 
 def compare(cell: ReplicaEquality, tensors: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``cell`` on ``tensors``: (same, nan) as numpy bool arrays."""
+    """Run ``cell`` on ``tensors``: (differs, nan), two (R, N) numpy bool tables."""
     if not tensors:
-        return np.zeros(0, np.bool_), np.zeros(0, np.bool_)
-    same, nan = cell(tuple(tensors))
-    return same.asnumpy().astype(np.bool_), nan.asnumpy().astype(np.bool_)
+        return np.zeros((0, 0), np.bool_), np.zeros((0, 0), np.bool_)
+    table = cell(tuple(tensors)).asnumpy() > 0
+    n = len(tensors)
+    return table[:, :n], table[:, n:]
+
+
+def same(differs: np.ndarray, nan: np.ndarray) -> np.ndarray:
+    """(N,) whether every replica of each tensor holds the same values (never with a NaN)."""
+    return ~differs.any(axis=0) & ~nan.any(axis=0)
