@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the job when no rank has completed a step for S seconds (counted from the "
                         "first rank's start of training, so allow for the first step's compilation); "
                         "every rank's stack is kept, and launch exits 3")
+    p.add_argument("--grad-copy-limit", default="1G", metavar="SIZE",
+                   help="most device memory Model.train's copy of the gradients may take, e.g. 512M or 4G "
+                        "(default 1G); above it gradients are not recorded; 0: never")
     p.add_argument("--strict", action="store_true",
                    help="a probe error stops the job instead of switching the probe off (for CI)")
     p.add_argument("--activations", action="store_true",

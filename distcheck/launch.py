@@ -29,6 +29,7 @@ from typing import Optional
 
 from distcheck.exits import ExitCode, UsageError
 from distcheck.recording import ENV_RUN_DIR, ProbeOptions
+from distcheck.recording.options import parse_size
 from distcheck.replicas import Declaration, DeclarationError
 from distcheck.store.sidecars import job_path, signal_name, write_json
 
@@ -232,7 +233,8 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
                            online_every=args.online_every, flush_seconds=args.flush_seconds,
                            activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1",
                            stall_seconds=stall_seconds, strict=args.strict,
-                           local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")))
+                           local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")),
+                           grad_copy_limit=_grad_copy_limit(args.grad_copy_limit))
     declared = Declaration.parse(config.get("replica_groups"))
     if declared is not None:
         try:
@@ -249,6 +251,13 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
     env["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), env.get("PATH", "")))
     env.setdefault("GLOG_v", "3")
     return env
+
+
+def _grad_copy_limit(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--grad-copy-limit: {exc}") from None
 
 
 def _script_and_args(cmd: list[str]) -> list[str]:

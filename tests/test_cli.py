@@ -198,3 +198,14 @@ def test_launch_keeps_the_frameworks_info_lines_out_of_the_terminal(tmp_path):
     assert "rank 0 done" in quiet.stderr and "[WARNING] ME(" in quiet.stderr and "[INFO]" not in quiet.stderr
     loud = subprocess.run(argv, capture_output=True, text=True, env={**env, "GLOG_v": "1"}, timeout=120)
     assert "[INFO] DISTRIBUTED(7090" in loud.stderr  # the user asked for them
+
+
+def test_sizes_read_as_people_write_them(tmp_path):
+    from distcheck.recording.options import human_size, parse_size
+
+    assert [parse_size(t) for t in ("0", "1024", "512M", "1G", "1.5GiB", "2k")] == \
+        [0, 1024, 512 << 20, 1 << 30, 3 << 29, 2048]
+    assert human_size(1 << 30) == "1 GiB" and human_size(1536) == "1.5 KiB" and human_size(7) == "7 B"
+    code, _, err = _run("launch", "-n", "1", "--out", str(tmp_path / "r"), "--grad-copy-limit", "lots", "--",
+                        sys.executable, "-c", "pass")
+    assert code == 2 and "--grad-copy-limit: not a size: 'lots'" in err and "Traceback" not in err, err

@@ -81,6 +81,7 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
         return findings
     found, notes = comparisons(run, Declaration.parse(config.get("replica_groups")))
     findings.extend(notes)
+    findings.extend(gradients_not_recorded(run))
     limit = int(config.get("max_findings_per_code", 5))
     jobs, tasks = [], []
     for comparison in found:
@@ -109,6 +110,19 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
         findings.extend(data_not_sharded(run, peers))
     findings.extend(loss_nonfinite(run))
     return findings
+
+
+def gradients_not_recorded(run: Run) -> list[Note]:
+    """A note for the ranks whose probe recorded no gradients on purpose (``meta.gradients``
+    says why: sharded modes, or ``--grad-copy-limit``)."""
+    why: dict[str, list[int]] = {}
+    for rank, reader in sorted(run.readers.items()):
+        reason = reader.meta.get("gradients")
+        if reason:
+            why.setdefault(str(reason), []).append(rank)
+    return [Note("gradients", tuple(ranks), f"Gradients {reason}. Gradient divergence cannot be told apart from "
+                 "update divergence: a gradient that differs shows in the parameters after its update.")
+            for reason, ranks in why.items()]
 
 
 def training_calls(run: Run) -> list[tuple[int, int]]:

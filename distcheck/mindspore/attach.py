@@ -68,7 +68,7 @@ def _with_probe(model: Any, callbacks: Any) -> Any:
     """`callbacks` (None, one Callback or a list) plus a DistcheckCallback."""
     from distcheck.mindspore.activations import install_activation_probes
     from distcheck.mindspore.callback import DistcheckCallback
-    from distcheck.mindspore.capture import grads_too_costly, install_grad_capture
+    from distcheck.mindspore.capture import capture_refusal, install_grad_capture
     from distcheck.recording import ProbeOptions
 
     existing = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
@@ -76,9 +76,10 @@ def _with_probe(model: Any, callbacks: Any) -> Any:
         return callbacks
     train_network = getattr(model, "_train_network", None)
     if train_network is not None:
-        if not grads_too_costly():
+        options = ProbeOptions.from_env()
+        if capture_refusal(train_network, options.grad_copy_limit) is None:
             install_grad_capture(train_network)
-        if ProbeOptions.from_env().activations:
+        if options.activations:
             # Named as in the user's network (Model's `_network`), like its parameters.
             install_activation_probes(getattr(model, "_network", None) or train_network)
     probe = DistcheckCallback()

@@ -18,7 +18,7 @@ from mindspore.nn import Cell
 from mindspore.train import Callback, RunContext
 
 from distcheck.mindspore.activations import find_activation_taps
-from distcheck.mindspore.capture import (SHARDED_NO_CAPTURE, GradCapture, find_grad_capture, grads_too_costly,
+from distcheck.mindspore.capture import (GradCapture, capture_refusal, find_grad_capture,
                                         install_grad_capture)
 from distcheck.mindspore.probe import Probe, split_outputs
 from distcheck.recording import Phase, ProbeOptions, log
@@ -50,10 +50,13 @@ class DistcheckCallback(Callback):
         self.probe = Probe(args.network, run_dir=self.run_dir, options=self.options, meta={"sink_size": sink},
                            optimizer=args.get("optimizer"))
         self.probe.train_network = args.train_network
-        if grads_too_costly():
-            self.probe.meta["gradients"] = SHARDED_NO_CAPTURE
-        else:
-            with self.probe.guard("cannot wrap the optimizer"):
+        with self.probe.guard("cannot wrap the optimizer"):
+            limit = (self.probe.options or ProbeOptions.from_env()).grad_copy_limit
+            # A capture already installed (by attach, or by the user) is used whatever its size.
+            refusal = None if find_grad_capture(args.train_network) else capture_refusal(args.train_network, limit)
+            if refusal is not None:
+                self.probe.meta["gradients"] = refusal
+            else:
                 capture = _capture_for(args.train_network, self.probe.rank)
                 if capture is not None:
                     self.probe.wrap(capture)

@@ -27,6 +27,7 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import initializer
 
 from distcheck.mindspore.cells import GRAD_PREFIX
+from distcheck.recording.options import human_size
 
 
 class GradCapture(nn.Cell):
@@ -87,9 +88,21 @@ SHARDED_NO_CAPTURE = ("not captured: in semi/auto parallel a copy of every gradi
                       "loss are recorded")
 
 
-def grads_too_costly() -> bool:
-    """Whether `Model.train` runs without a gradient capture: in semi/auto parallel."""
-    return str(ms.get_auto_parallel_context("parallel_mode")) in ("semi_auto_parallel", "auto_parallel")
+def capture_refusal(train_network: nn.Cell, limit: int) -> str | None:
+    """Why `Model.train` should run without a gradient capture, or None to install one:
+    in semi/auto parallel, or when the copy would take more than ``limit`` bytes of device
+    memory (``--grad-copy-limit``). The reason goes into the dump's metadata."""
+    if str(ms.get_auto_parallel_context("parallel_mode")) in ("semi_auto_parallel", "auto_parallel"):
+        return SHARDED_NO_CAPTURE
+    optimizer = _optimizer_holder(train_network)
+    if optimizer is None:
+        return None
+    size = sum(int(np.prod(p.shape)) * mstype.type_size_in_bytes(p.dtype) for p in optimizer[1].parameters)
+    if size > limit:
+        return (f"not captured: a copy of the gradients would add {human_size(size)} of device memory, "
+                f"above the limit of {human_size(limit)} (--grad-copy-limit); parameters and loss are "
+                "recorded")
+    return None
 
 
 def _cells(network: nn.Cell) -> Iterator[nn.Cell]:
@@ -118,13 +131,21 @@ def install_grad_capture(train_network: nn.Cell) -> GradCapture | None:
     existing = find_grad_capture(train_network)
     if existing is not None:
         return existing
+    holder = _optimizer_holder(train_network)
+    if holder is None:
+        return None
+    cell, optimizer = holder
+    capture = GradCapture(optimizer)
+    # Replace the child directly: `setattr` would re-prefix parameter names when the
+    # holding cell has auto_prefix=True.
+    cell.insert_child_to_cell("optimizer", capture)
+    return capture
+
+
+def _optimizer_holder(train_network: nn.Cell) -> tuple[nn.Cell, nn.Optimizer] | None:
+    """The first cell holding an `nn.Optimizer` as its `optimizer` child, and that optimizer."""
     for cell in _cells(train_network):
-        children = cell.name_cells()
-        optimizer = children.get("optimizer")
+        optimizer = cell.name_cells().get("optimizer")
         if isinstance(optimizer, nn.Optimizer):
-            capture = GradCapture(optimizer)
-            # Replace the child directly: `setattr` would re-prefix parameter names
-            # when the holding cell has auto_prefix=True.
-            cell.insert_child_to_cell("optimizer", capture)
-            return capture
+            return cell, optimizer
     return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -39,6 +40,27 @@ def _labels(value: str) -> str:
     return str(int(value))
 
 
+#: Gradients bigger than this (1 GiB, about 268M float32 parameters) are not copied by
+#: default: the copy doubles their device memory, which large models cannot spare.
+GRAD_COPY_LIMIT = 1 << 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "1073741824", "512M", "1G", "1.5GiB" (powers of 1024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", str(text), re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (write e.g. 512M or 2G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def human_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.3g} {unit}iB"
+    return f"{n} B"
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
 
@@ -59,7 +81,9 @@ class ProbeOptions:
     before their first collective check. ``labels``: which batch tensor holds the class
     labels: "auto" (the last 1-D integer tensor), "none", or an index into the batch.
     ``replica_groups``: declared replica groups as JSON, in the config's form (see
-    :mod:`distcheck.replicas`); empty: none declared.
+    :mod:`distcheck.replicas`); empty: none declared. ``grad_copy_limit``: the most
+    device memory, in bytes, that ``Model.train``'s copy of the gradients may take; above
+    it gradients are not recorded (0: never copied).
     """
 
     every: int = 1
@@ -73,6 +97,7 @@ class ProbeOptions:
     local_world: int = 0
     labels: str = "auto"
     replica_groups: str = ""
+    grad_copy_limit: int = GRAD_COPY_LIMIT
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -90,6 +115,7 @@ class ProbeOptions:
             local_world=max(0, _env("DISTCHECK_LOCAL_WORLD", 0, int)),
             labels=_env("DISTCHECK_LABELS", "auto", _labels),
             replica_groups=os.environ.get("DISTCHECK_REPLICA_GROUPS", "").strip(),
+            grad_copy_limit=max(0, _env("DISTCHECK_GRAD_COPY_LIMIT", GRAD_COPY_LIMIT, parse_size)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -105,6 +131,7 @@ class ProbeOptions:
             "DISTCHECK_LOCAL_WORLD": str(self.local_world),
             "DISTCHECK_LABELS": self.labels,
             "DISTCHECK_REPLICA_GROUPS": self.replica_groups,
+            "DISTCHECK_GRAD_COPY_LIMIT": str(self.grad_copy_limit),
         }
 
     def declaration(self) -> Optional[Declaration]:

@@ -105,3 +105,18 @@ def test_a_finding_says_which_training_call_it_belongs_to(tmp_path):
     assert (f["step"], f["ranks"], f["detail"]["training_call"]) == (17, [2], 2)
     assert result.report["run"]["training_calls"] == [{"first_step": 0, "last_step": 12},
                                                       {"first_step": 13, "last_step": 24}]
+
+
+def test_gradients_above_the_copy_limit_are_not_copied_and_the_report_says_so(tmp_path):
+    from distcheck.store import schema
+    from distcheck.store.reader import DumpReader
+
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "lr", options=("--grad-copy-limit", "1K"))
+    f = only(result, "param_divergence")  # still found, from the parameters alone
+    assert (f["step"], f["ranks"], f["params"]) == (1, [2], PARAMS)
+    assert result.codes() == ["param_divergence"]
+    note = next(n for n in result.report["notes"] if n["code"] == "gradients")
+    assert note["ranks"] == [0, 1, 2] and "above the limit of 1 KiB (--grad-copy-limit)" in note["message"]
+    with DumpReader(str(tmp_path / schema.file_name(0))) as dump:
+        assert dump.n_steps and not (dump.has() & schema.HAS_GRADS).any()
+        assert "--grad-copy-limit" in dump.meta["gradients"]
