@@ -272,7 +272,7 @@ def test_the_one_pass_kernels_agree_with_numpy(dtype, monkeypatch):
 
     assert fused.library() is not None, fused.why_not()  # the suite's machines have a C compiler
     rng = np.random.default_rng(1)
-    sizes = (1, 63, 64, 65, 1000, 300_001)  # around the lane width, and a long tail
+    sizes = (1, 63, 64, 65, 1000, 4096, 300_001)  # around the lane width and the 16 KB block, and many blocks
     infos = [ParamInfo(f"p{i}", (n,), np.dtype(dtype).name, True, True) for i, n in enumerate(sizes)]
     steps = [[(rng.standard_normal(n) * 3 + 1).astype(dtype) for n in sizes] for _ in range(3)]
     steps[2][3][7] = np.nan  # a NaN and an Inf: counted by the numpy fallback either way
@@ -292,10 +292,14 @@ def test_the_one_pass_kernels_agree_with_numpy(dtype, monkeypatch):
         assert all(np.array_equal(k, v, equal_nan=True) for k, v in zip(kept, steps[2]))
     rtol = 1e-4 if dtype == np.float32 else 1e-12
     for (d1, s1), (d2, s2) in zip(*results):
-        assert np.array_equal(d1, d2)  # digests never depend on the path
+        assert np.array_equal(d1, d2)  # the kernel's xxh3-128 is the xxhash package's, bit for bit
         assert np.array_equal(s1[:, :2], s2[:, :2], equal_nan=True)  # min and max exactly
         np.testing.assert_allclose(s1, s2, rtol=rtol, atol=1e-6)
     assert results[0][2][1][3, 4] == 1 and results[0][2][1][4, 5] == 1  # NaN and Inf counts
+    monkeypatch.undo()
+    grads = summaries.summarise(infos, [v.copy() for v in steps[0]], "grad")  # no kept copy: the other kernel
+    assert np.array_equal(grads[0], results[1][0][0])
+    np.testing.assert_allclose(grads[1][:, :-1], results[1][0][1][:, :-1], rtol=rtol, atol=1e-6)
 
 
 def test_without_the_compiled_kernels_the_recorder_still_measures_updates(tmp_path, monkeypatch):
@@ -311,4 +315,5 @@ def test_without_a_compiler_the_kernels_say_why_and_stay_off(tmp_path, monkeypat
     monkeypatch.setenv("DISTCHECK_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
     assert fused.library() is None and "cannot build" in fused.why_not()
-    assert fused.summary(np.ones(10, np.float32)) is None and os.listdir(tmp_path) == []  # no partial file left
+    assert fused.digest_and_summary(np.ones(10, np.float32)) is None
+    assert os.listdir(tmp_path) == []  # no partial library left behind

@@ -1,4 +1,9 @@
-/* One pass over a tensor for its statistics (see fused.py).
+/* One pass over a tensor for its digest and statistics (see fused.py).
+ *
+ * The digest is xxh3-128 of the tensor's bytes, the same as the xxhash package's
+ * xxh3_128_intdigest (xxhash/xxhash.h is xxHash's own header, vendored unchanged). It
+ * is fed in blocks of BLOCK_BYTES, and the statistics of each block are taken while the
+ * block is still in the core's cache: memory is read once.
  *
  * Each kernel keeps LANES partial results and updates them element-wise, so that the
  * compiler turns the inner loop into SIMD code without reordering any sum: the same
@@ -10,8 +15,13 @@
  * of `values - kept`, after which `kept` holds `values`.
  */
 #include <stddef.h>
+#include <stdint.h>
+
+#define XXH_INLINE_ALL
+#include "xxhash/xxhash.h"
 
 #define LANES 64
+#define BLOCK_BYTES 16384 /* fits L1 with room to spare; a multiple of LANES elements */
 
 #define KERNELS(T, NAME)                                                              \
     void NAME##_summary(const T *values, size_t n, double *out) {                   \
@@ -74,5 +84,33 @@
         out[0] = a; out[1] = b; out[2] = s; out[3] = q; out[4] = c;                 \
     }
 
+/* The xxh3-128 digest (out_digest[0] low, [1] high) and the statistics of `values`, and
+ * with `kept` the change against it (then `kept` holds `values`), reading `values` once. */
+#define DIGEST_KERNELS(T, NAME)                                                       \
+    void NAME##_digest_summary(const T *values, T *kept, size_t n, double *out,      \
+                               uint64_t *out_digest) {                               \
+        XXH3_state_t state;                                                         \
+        XXH3_128bits_reset(&state);                                                 \
+        const size_t block = BLOCK_BYTES / sizeof(T);                               \
+        double stats[5] = {0, 0, 0, 0, 0};                                          \
+        double lo = values[0], hi = values[0], s = 0, q = 0, c = 0;                 \
+        for (size_t start = 0; start < n; start += block) {                         \
+            size_t len = n - start < block ? n - start : block;                     \
+            XXH3_128bits_update(&state, values + start, len * sizeof(T));           \
+            if (kept)                                                               \
+                NAME##_summary_keep(values + start, kept + start, len, stats);      \
+            else                                                                    \
+                NAME##_summary(values + start, len, stats);                         \
+            lo = stats[0] < lo ? stats[0] : lo;                                     \
+            hi = stats[1] > hi ? stats[1] : hi;                                     \
+            s += stats[2]; q += stats[3]; c += kept ? stats[4] : 0;                 \
+        }                                                                           \
+        XXH128_hash_t digest = XXH3_128bits_digest(&state);                         \
+        out[0] = lo; out[1] = hi; out[2] = s; out[3] = q; out[4] = c;               \
+        out_digest[0] = digest.low64; out_digest[1] = digest.high64;                \
+    }
+
 KERNELS(float, f32)
 KERNELS(double, f64)
+DIGEST_KERNELS(float, f32)
+DIGEST_KERNELS(double, f64)

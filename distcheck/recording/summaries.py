@@ -97,9 +97,9 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
         array = arrays[i]
         if array is None:
             return
-        rows[i] = digest(array)
-        if _fused_row(i, array, stat_rows, previous):
+        if _fused_row(i, array, rows, stat_rows, previous):
             return
+        rows[i] = digest(array)
         stat_rows[i, :-1] = stats(array, params[i].dtype)
         if previous is not None:
             previous.measure_and_keep(i, stat_rows, array, params[i].dtype)
@@ -118,25 +118,23 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
     return rows, stat_rows
 
 
-def _fused_row(i: int, array: np.ndarray, stat_rows: np.ndarray, previous: Optional["Previous"]) -> bool:
-    """Statistics (and the update, kept copy refreshed) in one pass, where the compiled
-    kernels take this array; False, with nothing done, where they do not."""
+def _fused_row(i: int, array: np.ndarray, rows: np.ndarray, stat_rows: np.ndarray,
+               previous: Optional["Previous"]) -> bool:
+    """Digest and statistics (and the update, kept copy refreshed) in one pass, where the
+    compiled kernels take this array; False, with nothing done, where they do not."""
     kept = previous.kept(i, array) if previous is not None else None
-    if kept is not None:
-        result = fused.summary_and_keep(array, kept)
-    elif previous is None:
-        result = fused.summary(array)
-    else:  # the first sight of this parameter: the numpy path keeps a copy
+    if previous is not None and kept is None:  # the first sight of this parameter: the numpy path keeps a copy
         return False
+    result = fused.digest_and_summary(array, kept)
     if result is None:
         return False
-    lo, hi, total, square = result[:4]
+    rows[i], (lo, hi, total, square, change) = result
     if not (np.isfinite(total) and np.isfinite(square)):
         stat_rows[i, :-1] = stats(array)  # counts NaN and Inf
     else:
         stat_rows[i, :-1] = (lo, hi, total / array.size, np.sqrt(square), 0, 0)
     if kept is not None:
-        stat_rows[i, -1] = np.sqrt(result[4])
+        stat_rows[i, -1] = np.sqrt(change)
     return True
 
 
