@@ -38,7 +38,8 @@ class ReplicaEquality(nn.Cell):
     for a tuple of N tensors: column i of row r is 1 where rank r's tensor i differs from
     the leader's (rank ``leader``, in ``group``), column N + i is 1 where rank r's holds a
     NaN. All ranks of the group must call it with tensors of the same shapes and dtypes,
-    in the same order. Floats are compared as they are; integers of up to 32 bits as two
+    in the same order. Floats are compared as they are (float64 where the device's
+    broadcast takes it; CPU's takes float16 and float32); integers of up to 32 bits as two
     exact float32 halves (CPU collectives move floats only)."""
 
     def __init__(self, leader: int = 0, group: str = GlobalComm.WORLD_COMM_GROUP) -> None:
