@@ -196,3 +196,20 @@ def test_parameters_without_a_replica_are_counted_in_a_note(tmp_path):
     assert [n.message for n in analysis.notes if n.code == "replica_groups"] == [
         "1 parameter(s) are held by one rank each (a replica group of one), so they were health-checked but "
         "not compared across ranks: mid.weight"]
+
+
+def test_a_healthy_sharded_check_never_gathers_per_parameter_digests(tmp_path, monkeypatch):
+    shapes = []
+    gather = FakeWorld.allgather
+
+    def counting(self, array):
+        shapes.append(np.shape(array))
+        return gather(self, array)
+
+    monkeypatch.setattr(FakeWorld, "allgather", counting)
+    assert _hybrid(str(tmp_path), fail_fast=True) == []
+    # header, then one rollup per replica group (65 x 3 words), never (parameters x 3)
+    assert (len(PARAMS), 3) not in shapes and (65, 3) in shapes
+    shapes.clear()
+    assert _hybrid(str(tmp_path / "seeded"), bug="seed", fail_fast=True) == [0, 1, 2, 3, 4, 5]
+    assert (len(PARAMS), 3) in shapes  # a group disagrees: the digests are voted on

@@ -1,11 +1,19 @@
 """The online check: compare parameter digests across ranks while the job runs.
 
-Two rounds keep the common case cheap and every rank in step: first a fixed header
-(ok flag, step, parameter count, digest of the parameter table, rollup digest) from
-each rank; only if the rollups differ, the per-parameter digests, each with the
-*leader* of its replica group (its lowest rank, see :mod:`distcheck.replicas`). Every
-rank then votes within every group the same way, so all reach the same verdict, and
-in a sharded job shards that differ by design are never compared. A rank with nothing
+Up to three rounds keep the common case cheap and every rank in step:
+
+1. a fixed header from each rank (ok flag, step, parameter count, digest of the
+   parameter table, rollup digest of all its parameters): equal rollups end a data
+   parallel check, 48 bytes a rank;
+2. if the rollups differ (always so in a sharded job, whose shards differ by design),
+   one rollup per replica group the rank belongs to, keyed by the group's members: at
+   most :data:`MAX_GROUPS` x 24 bytes a rank, whatever the number of parameters. Equal
+   rollups within every group end the check;
+3. only then the per-parameter digests, each with the *leader* of its replica group (its
+   lowest rank, see :mod:`distcheck.replicas`), 24 bytes a parameter.
+
+Every rank votes within every group the same way, so all reach the same verdict, and
+shards that differ by design are never compared. A rank with nothing
 to give (its probe failed) sends ok=0, and then every rank switches the check off
 together, so no rank ever waits in an all-gather that another skipped.
 """
@@ -19,7 +27,8 @@ import numpy as np
 from distcheck.digest import digest, digest_rows
 from distcheck.recording.faults import PlantedFault, plant
 from distcheck.recording.options import log
-from distcheck.store.schema import FAIL_FAST_MESSAGE, ParamInfo
+from distcheck.replicas import Group, leaders
+from distcheck.store.schema import FAIL_FAST_MESSAGE, MAX_GROUPS, ParamInfo
 from distcheck.vote import majority
 from distcheck.world import World
 
@@ -36,12 +45,14 @@ class OnlineCheck:
         self.on = world is not None and world.size > 1
         self._done: Optional[int] = None
         self._leaders = np.full(len(self.params), -1, np.int64)
+        self._group_keys = np.zeros(len(self.params), np.uint64)  # 0: not compared
         table = json.dumps([(p.name, list(p.shape), p.dtype) for p in self.params]).encode()
         self._table = digest(np.frombuffer(table, np.uint8))[0]
 
-    def set_leaders(self, leaders: Sequence[int]) -> None:
-        """Each parameter's replica-group leader on this rank (-1: not compared)."""
-        self._leaders = np.array(list(leaders), np.int64)
+    def set_groups(self, groups: Sequence[Optional[Group]]) -> None:
+        """Each parameter's replica group on this rank (None: unknown, not compared)."""
+        self._leaders = np.array(leaders(groups), np.int64)
+        self._group_keys = np.array([_group_key(g) for g in groups], np.uint64)
 
     def off(self, why: str) -> None:
         """Switch the check off on this rank only. Safe only where every rank does the same."""
@@ -81,6 +92,9 @@ class OnlineCheck:
             return
         if np.all(gathered[:, 4:] == gathered[0, 4:]):
             return
+        groups_agree = self._groups_agree(rows, step)
+        if groups_agree is None or groups_agree:
+            return
         mine = np.concatenate([rows, self._leaders.astype(np.uint64)[:, None]], axis=1)  # (P, 3)
         gathered = self._allgather(mine, step)
         if gathered is None:
@@ -96,6 +110,31 @@ class OnlineCheck:
         if self.fail_fast:
             on_mismatch(f"{FAIL_FAST_MESSAGE}{message}")
             raise ConsistencyError(message)
+
+    def _groups_agree(self, rows: np.ndarray, step: int) -> Optional[bool]:
+        """Round 2: whether every replica group's members hold the same rollup of that
+        group's parameters (None: the all-gather failed). Row 0 of each rank's table
+        holds its number of groups; a rank in more than MAX_GROUPS groups sends none, and
+        then every rank goes on to round 3."""
+        keys = self._group_keys
+        mine = np.zeros((MAX_GROUPS + 1, 3), np.uint64)
+        distinct = [k for k in np.unique(keys) if k]
+        mine[0, 0] = len(distinct)
+        if len(distinct) <= MAX_GROUPS:
+            for row, key in enumerate(distinct, start=1):
+                mine[row] = (key, *digest_rows(np.ascontiguousarray(rows[keys == key])))
+        gathered = self._allgather(mine, step)
+        if gathered is None:
+            return None
+        if np.any(gathered[:, 0, 0] > MAX_GROUPS):
+            return False
+        tables = gathered[:, 1:, :].reshape(-1, 3)
+        tables = tables[tables[:, 0] != 0]
+        for key in np.unique(tables[:, 0]):
+            rollups = tables[tables[:, 0] == key, 1:]
+            if not np.all(rollups == rollups[0]):
+                return False
+        return True
 
     def _vote(self, gathered: np.ndarray) -> tuple[list[str], set[int]]:
         """Parameters whose replicas disagree, and the ranks outside each majority.
@@ -126,3 +165,10 @@ class OnlineCheck:
             log(f"online check off on rank {self.world.rank}: all-gather failed at step {step}: "
                 f"{type(exc).__name__}: {exc}")
             return None
+
+
+def _group_key(group: Optional[Group]) -> int:
+    """A non-zero 64-bit name for a replica group of two or more ranks; 0 otherwise."""
+    if group is None or len(group) < 2:
+        return 0
+    return digest(np.array(sorted(group), np.int64))[0] or 1

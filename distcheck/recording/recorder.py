@@ -32,7 +32,7 @@ from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
 from distcheck.recording.progress import Progress, StepNumbering
 from distcheck.recording.summaries import Previous, step_row, warm_up
-from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, leaders, resolve
+from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, resolve
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
 from distcheck.store.progress_file import ProgressFile, progress_path
@@ -149,7 +149,7 @@ class Recorder:
         replicated = parallel_mode in REPLICATED_MODES
         groups, sources = resolve([p.name for p in self.params], self.world.rank, self.world.size, declaration,
                                   layouts, replicated)
-        self.online.set_leaders(leaders(groups))
+        self.online.set_groups(groups)
         if self.writer is not None:
             try:
                 left_out = self.writer.set_replicas(groups, [int(s) for s in sources])

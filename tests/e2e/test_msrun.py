@@ -17,6 +17,7 @@ def test_clean_run_has_no_error_or_warning(tmp_path):
     assert result.report["run"]["ranks_found"] == [0, 1, 2]
     assert {r["status"] for r in result.report["run"]["ranks"].values()} == {"finished"}
     assert result.report["run"]["ranks"]["1"]["last_step"] == 12
+    assert "computed with numpy" not in result.stderr  # the one-pass kernel was built and used
     assert check_every_format(tmp_path)["findings"] == []  # JSON, JUnit, Markdown, HTML, text
 
 
