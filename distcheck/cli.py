@@ -186,9 +186,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
     from distcheck.rules import RULES
 
     width = max(len(code) for code in RULES)
-    for code, r in sorted(RULES.items(), key=lambda kv: (not kv[1].cross_rank, kv[0])):
-        scope = "cross-rank" if r.cross_rank else "per rank"
-        print(f"{code:<{width}}  {r.severity.value:<7}  {scope:<10}  {r.summary}")
+    order = {"cross-rank": 0, "per rank": 1, "two runs": 2}
+    for code, r in sorted(RULES.items(), key=lambda kv: (order[kv[1].scope], kv[0])):
+        print(f"{code:<{width}}  {r.severity.value:<7}  {r.scope:<10}  {r.summary}")
     return 0
 
 
@@ -198,7 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     r = RULES.get(args.code)
     if r is None:
         raise UsageError(f"unknown code '{args.code}'; 'distcheck rules' lists them all")
-    print(f"{r.code} ({r.severity.value}, {'cross-rank' if r.cross_rank else 'per rank'}): {r.summary}\n")
+    print(f"{r.code} ({r.severity.value}, {r.scope}): {r.summary}\n")
     print(r.doc)
     return 0
 

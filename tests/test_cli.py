@@ -209,3 +209,15 @@ def test_sizes_read_as_people_write_them(tmp_path):
     code, _, err = _run("launch", "-n", "1", "--out", str(tmp_path / "r"), "--grad-copy-limit", "lots", "--",
                         sys.executable, "-c", "pass")
     assert code == 2 and "--grad-copy-limit: not a size: 'lots'" in err and "Traceback" not in err, err
+
+
+def test_rules_and_explain_say_what_each_code_compares():
+    code, out, _ = _run("rules")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0
+    assert "  cross-rank  " in lines["init_mismatch"] and "  cross-rank  " in lines["loss_nonfinite"]
+    assert "  per rank  " in lines["grad_vanishing"] and "  two runs  " in lines["diff_param"]
+    code, out, _ = _run("explain", "diff_param")
+    assert code == 0 and out.startswith("diff_param (error, two runs):")
+    code, _, err = _run("explain", "no_such_code")
+    assert code == 2 and "unknown code 'no_such_code'" in err

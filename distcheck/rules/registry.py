@@ -25,6 +25,9 @@ class Rule:
     summary: str
     doc: str
     check: Optional[Callable[..., list[Finding]]]
+    #: What the code compares: "per rank" (a rule), "cross-rank" (the consistency
+    #: analysis) or "two runs" (``distcheck diff``).
+    scope: str = "per rank"
 
     @property
     def cross_rank(self) -> bool:
@@ -44,9 +47,10 @@ def rule(code: str, severity: Severity, stage: str, summary: str):
     return register
 
 
-def document(code: str, severity: Severity, stage: str, summary: str, doc: str) -> None:
-    """Register a cross-rank code, computed by the consistency analysis."""
-    _add(Rule(code, severity, stage, summary, inspect.cleandoc(doc), None))
+def document(code: str, severity: Severity, stage: str, summary: str, doc: str, scope: str = "cross-rank") -> None:
+    """Register a code computed elsewhere: by the consistency analysis, or by ``diff``
+    (``scope="two runs"``)."""
+    _add(Rule(code, severity, stage, summary, inspect.cleandoc(doc), None, scope))
 
 
 def _add(r: Rule) -> None:
