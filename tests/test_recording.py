@@ -317,3 +317,18 @@ def test_without_a_compiler_the_kernels_say_why_and_stay_off(tmp_path, monkeypat
     assert fused.library() is None and "cannot build" in fused.why_not()
     assert fused.digest_and_summary(np.ones(10, np.float32)) is None
     assert os.listdir(tmp_path) == []  # no partial library left behind
+
+
+def test_the_kernels_are_built_in_the_temporary_directory_when_the_cache_is_not_writable(tmp_path, monkeypatch):
+    import tempfile
+
+    from distcheck.recording import fused
+
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_library", None)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DISTCHECK_CACHE", str(tmp_path / "a-file" / "cache"))  # cannot be created
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert fused.library() is not None, fused.why_not()
+    assert [n for n in os.listdir(tmp_path / "tmp" / os.listdir(tmp_path / "tmp")[0]) if n.endswith(".so")]

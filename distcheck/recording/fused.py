@@ -10,13 +10,13 @@ is read once. The digest is the xxhash package's ``xxh3_128_intdigest``, bit for
 test checks it).
 
 The C file is compiled on first use with the system's C compiler (``cc``, or ``$CC``)
-into a cache directory (``$DISTCHECK_CACHE``, else ``$XDG_CACHE_HOME/distcheck``, else
-``~/.cache/distcheck``), keyed by the sources, the compiler and the CPU, and loaded with
-ctypes: no import cost, no memory beyond the library's few kilobytes. Ranks that start
-together may each compile; the library is moved into place atomically. Without a
-compiler, or where compiling fails, every tensor takes the numpy path
-(:func:`distcheck.digest.digest` and :func:`distcheck.digest.stats`): the same digests
-and statistics, slower.
+into a cache directory (:func:`cache_dirs`: ``$DISTCHECK_CACHE``, else
+``~/.cache/distcheck``, else one in the temporary directory), keyed by the sources, the
+compiler and the CPU, and loaded with ctypes: no import cost, no memory beyond the
+library's few kilobytes. Ranks that start together may each compile; the library is
+moved into place atomically. Without a compiler, or where compiling fails, every tensor
+takes the numpy path (:func:`distcheck.digest.digest` and
+:func:`distcheck.digest.stats`): the same digests and statistics, slower.
 
 Only contiguous float32 and float64 tensors take this path. Sums are partial per lane
 in the tensor's precision, so they may differ from numpy's pairwise sums in the last
@@ -49,12 +49,14 @@ _why_not = ""
 _lock = threading.Lock()
 
 
-def cache_dir() -> str:
+def cache_dirs() -> list[str]:
+    """Where the library is built, in order: ``$DISTCHECK_CACHE``, else the user's cache
+    (``$XDG_CACHE_HOME/distcheck`` or ``~/.cache/distcheck``), then a directory of this
+    user's in the temporary directory, for compute nodes whose home is read-only."""
     configured = os.environ.get("DISTCHECK_CACHE")
-    if configured:
-        return configured
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "distcheck")
+    user = getattr(os, "getuid", lambda: "user")()
+    return [configured or os.path.join(base, "distcheck"), os.path.join(tempfile.gettempdir(), f"distcheck-{user}")]
 
 
 def _cpu_flags() -> str:
@@ -82,12 +84,23 @@ def _build(compiler: list[str]) -> str:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
-    directory = cache_dir()
-    target = os.path.join(directory, f"fused-{key}.so")
-    if os.path.exists(target):
-        return target
-    os.makedirs(directory, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix="fused-", suffix=".so.tmp", dir=directory)
+    target = ""
+    for directory in cache_dirs():
+        target = os.path.join(directory, f"fused-{key}.so")
+        if os.path.exists(target):
+            return target
+    failures = []
+    for directory in cache_dirs():
+        try:
+            os.makedirs(directory, exist_ok=True)
+            return _compile(compiler, os.path.join(directory, f"fused-{key}.so"))
+        except OSError as exc:  # not writable: the next directory
+            failures.append(f"{directory}: {exc.strerror or exc}")
+    raise RuntimeError(f"no writable cache directory ({'; '.join(failures)})")
+
+
+def _compile(compiler: list[str], target: str) -> str:
+    handle, partial = tempfile.mkstemp(prefix="fused-", suffix=".so.tmp", dir=os.path.dirname(target))
     os.close(handle)
     try:
         for flags in (["-O3", "-march=native"], ["-O3"]):  # -march=native: clang on some CPUs lacks it
