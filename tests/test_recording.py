@@ -266,31 +266,39 @@ def _numpy_path(monkeypatch):
     monkeypatch.setattr(fused, "_library", None)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def _stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` as the probe hands them over: bfloat16 as the high 16 bits of float32."""
+    if dtype == "bfloat16":
+        return (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_the_one_pass_kernels_agree_with_numpy(dtype, monkeypatch):
     from distcheck.recording import fused, summaries
 
     assert fused.library() is not None, fused.why_not()  # the suite's machines have a C compiler
     rng = np.random.default_rng(1)
     sizes = (1, 63, 64, 65, 1000, 4096, 300_001)  # around the lane width and the 16 KB block, and many blocks
-    infos = [ParamInfo(f"p{i}", (n,), np.dtype(dtype).name, True, True) for i, n in enumerate(sizes)]
-    steps = [[(rng.standard_normal(n) * 3 + 1).astype(dtype) for n in sizes] for _ in range(3)]
-    steps[2][3][7] = np.nan  # a NaN and an Inf: counted by the numpy fallback either way
-    steps[2][4][0] = np.inf
-    steps[1].append(np.arange(10, dtype=dtype)[::2])  # not contiguous: the numpy path
-    steps[0].append(np.arange(5, dtype=dtype))
-    steps[2].append(np.arange(5, dtype=dtype) * 2)
-    infos.append(ParamInfo("strided", (5,), np.dtype(dtype).name, True, True))
+    infos = [ParamInfo(f"p{i}", (n,), dtype, True, True) for i, n in enumerate(sizes)]
+    values = [[rng.standard_normal(n) * 3 + 1 for n in sizes] for _ in range(3)]
+    values[2][3][7] = np.nan  # a NaN and an Inf: counted by the numpy fallback either way
+    values[2][4][0] = np.inf
+    steps = [[_stored(v, dtype) for v in step] for step in values]
+    steps[1].append(_stored(np.arange(10.0), dtype)[::2])  # not contiguous: the numpy path
+    steps[0].append(_stored(np.arange(5.0), dtype))
+    steps[2].append(_stored(np.arange(5.0) * 2, dtype))
+    infos.append(ParamInfo("strided", (5,), dtype, True, True))
     results = []
     for use_numpy in (False, True):
         if use_numpy:
             _numpy_path(monkeypatch)
         previous = summaries.Previous()
-        results.append([summaries.summarise(infos, [v.copy() for v in values], "param", previous=previous)
-                        for values in steps])
+        results.append([summaries.summarise(infos, [v.copy() for v in step], "param", previous=previous)
+                        for step in steps])
         kept = [previous.kept(i, steps[2][i]) for i in range(len(infos))]
-        assert all(np.array_equal(k, v, equal_nan=True) for k, v in zip(kept, steps[2]))
-    rtol = 1e-4 if dtype == np.float32 else 1e-12
+        assert all(k.tobytes() == v.tobytes() for k, v in zip(kept, steps[2]))  # the kept copy, bit for bit
+    rtol = 1e-12 if dtype == "float64" else 1e-4
     for (d1, s1), (d2, s2) in zip(*results):
         assert np.array_equal(d1, d2)  # the kernel's xxh3-128 is the xxhash package's, bit for bit
         assert np.array_equal(s1[:, :2], s2[:, :2], equal_nan=True)  # min and max exactly
@@ -332,3 +340,17 @@ def test_the_kernels_are_built_in_the_temporary_directory_when_the_cache_is_not_
     (tmp_path / "tmp").mkdir()
     assert fused.library() is not None, fused.why_not()
     assert [n for n in os.listdir(tmp_path / "tmp" / os.listdir(tmp_path / "tmp")[0]) if n.endswith(".so")]
+
+
+def test_the_kernel_widens_every_float16_exactly():
+    from distcheck.recording import fused
+
+    assert fused.library() is not None, fused.why_not()
+    for bits in range(65536):  # every float16: normals, subnormals, signed zeros, Inf and NaN
+        half = np.array([bits], np.uint16).view(np.float16)
+        want = float(half.astype(np.float32)[0])
+        lo, _, total, _, _ = fused.digest_and_summary(half)[1]
+        if np.isnan(want):
+            assert np.isnan(total), bits
+        else:
+            assert lo == want and np.signbit(lo) == np.signbit(want), bits

@@ -13,6 +13,10 @@
  *
  * out[0..4] = min, max, sum, sum of squares, and (the *_keep kernels) the sum of squares
  * of `values - kept`, after which `kept` holds `values`.
+ *
+ * Element types: float32 and float64 as they are; bfloat16 (its bits as uint16) and
+ * float16 widened to float32, as the numpy path does. The kept copy keeps the raw
+ * elements; differences are taken after widening.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -23,20 +27,23 @@
 #define LANES 64
 #define BLOCK_BYTES 16384 /* fits L1 with room to spare; a multiple of LANES elements */
 
-#define KERNELS(T, NAME)                                                              \
+/* T: the element as stored; A: the type lanes accumulate in; LOAD: element to A. */
+#define KERNELS(T, A, NAME, LOAD)                                                     \
     void NAME##_summary(const T *values, size_t n, double *out) {                   \
-        T lo[LANES], hi[LANES], total[LANES], square[LANES];                        \
+        A lo[LANES], hi[LANES], total[LANES], square[LANES];                        \
+        A first = LOAD(values[0]);                                                  \
         for (int k = 0; k < LANES; k++) {                                           \
-            lo[k] = values[0]; hi[k] = values[0]; total[k] = 0; square[k] = 0;      \
+            lo[k] = first; hi[k] = first; total[k] = 0; square[k] = 0;              \
         }                                                                           \
         size_t blocks = n / LANES;                                                  \
         for (size_t j = 0; j < blocks; j++) {                                       \
             const T *v = values + j * LANES;                                        \
             for (int k = 0; k < LANES; k++) {                                       \
-                lo[k] = v[k] < lo[k] ? v[k] : lo[k];                                \
-                hi[k] = v[k] > hi[k] ? v[k] : hi[k];                                \
-                total[k] += v[k];                                                   \
-                square[k] += v[k] * v[k];                                           \
+                A x = LOAD(v[k]);                                                   \
+                lo[k] = x < lo[k] ? x : lo[k];                                      \
+                hi[k] = x > hi[k] ? x : hi[k];                                      \
+                total[k] += x;                                                      \
+                square[k] += x * x;                                                 \
             }                                                                       \
         }                                                                           \
         double a = lo[0], b = hi[0], s = 0, q = 0;                                  \
@@ -45,16 +52,17 @@
             s += total[k]; q += square[k];                                          \
         }                                                                           \
         for (size_t i = blocks * LANES; i < n; i++) {                               \
-            double v = values[i];                                                   \
-            a = v < a ? v : a; b = v > b ? v : b; s += v; q += v * v;               \
+            double x = LOAD(values[i]);                                             \
+            a = x < a ? x : a; b = x > b ? x : b; s += x; q += x * x;               \
         }                                                                           \
         out[0] = a; out[1] = b; out[2] = s; out[3] = q;                             \
     }                                                                               \
                                                                                     \
     void NAME##_summary_keep(const T *values, T *kept, size_t n, double *out) {     \
-        T lo[LANES], hi[LANES], total[LANES], square[LANES], change[LANES];         \
+        A lo[LANES], hi[LANES], total[LANES], square[LANES], change[LANES];         \
+        A first = LOAD(values[0]);                                                  \
         for (int k = 0; k < LANES; k++) {                                           \
-            lo[k] = values[0]; hi[k] = values[0];                                   \
+            lo[k] = first; hi[k] = first;                                           \
             total[k] = 0; square[k] = 0; change[k] = 0;                             \
         }                                                                           \
         size_t blocks = n / LANES;                                                  \
@@ -62,11 +70,12 @@
             const T *v = values + j * LANES;                                        \
             T *w = kept + j * LANES;                                                \
             for (int k = 0; k < LANES; k++) {                                       \
-                T d = v[k] - w[k];                                                  \
-                lo[k] = v[k] < lo[k] ? v[k] : lo[k];                                \
-                hi[k] = v[k] > hi[k] ? v[k] : hi[k];                                \
-                total[k] += v[k];                                                   \
-                square[k] += v[k] * v[k];                                           \
+                A x = LOAD(v[k]);                                                   \
+                A d = x - LOAD(w[k]);                                               \
+                lo[k] = x < lo[k] ? x : lo[k];                                      \
+                hi[k] = x > hi[k] ? x : hi[k];                                      \
+                total[k] += x;                                                      \
+                square[k] += x * x;                                                 \
                 change[k] += d * d;                                                 \
                 w[k] = v[k];                                                        \
             }                                                                       \
@@ -77,8 +86,10 @@
             s += total[k]; q += square[k]; c += change[k];                          \
         }                                                                           \
         for (size_t i = blocks * LANES; i < n; i++) {                               \
-            double v = values[i], d = (T)(values[i] - kept[i]);                     \
-            a = v < a ? v : a; b = v > b ? v : b; s += v; q += v * v; c += d * d;   \
+            A x = LOAD(values[i]);                                                  \
+            double d = (A)(x - LOAD(kept[i]));                                      \
+            a = x < a ? x : a; b = x > b ? x : b; s += x; q += (double)x * x;       \
+            c += d * d;                                                             \
             kept[i] = values[i];                                                    \
         }                                                                           \
         out[0] = a; out[1] = b; out[2] = s; out[3] = q; out[4] = c;                 \
@@ -93,7 +104,7 @@
         XXH3_128bits_reset(&state);                                                 \
         const size_t block = BLOCK_BYTES / sizeof(T);                               \
         double stats[5] = {0, 0, 0, 0, 0};                                          \
-        double lo = values[0], hi = values[0], s = 0, q = 0, c = 0;                 \
+        double lo = 0, hi = 0, s = 0, q = 0, c = 0;                                 \
         for (size_t start = 0; start < n; start += block) {                         \
             size_t len = n - start < block ? n - start : block;                     \
             XXH3_128bits_update(&state, values + start, len * sizeof(T));           \
@@ -101,6 +112,9 @@
                 NAME##_summary_keep(values + start, kept + start, len, stats);      \
             else                                                                    \
                 NAME##_summary(values + start, len, stats);                         \
+            if (start == 0) {                                                       \
+                lo = stats[0]; hi = stats[1];                                       \
+            }                                                                       \
             lo = stats[0] < lo ? stats[0] : lo;                                     \
             hi = stats[1] > hi ? stats[1] : hi;                                     \
             s += stats[2]; q += stats[3]; c += kept ? stats[4] : 0;                 \
@@ -110,7 +124,41 @@
         out_digest[0] = digest.low64; out_digest[1] = digest.high64;                \
     }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+static inline float bf16_to_float(uint16_t bits) {
+    uint32_t word = (uint32_t)bits << 16; /* bfloat16 is the high half of a float32 */
+    float value;
+    __builtin_memcpy(&value, &word, sizeof value);
+    return value;
+}
+
+/* float16 from its bits, exactly (normals, subnormals, Inf, NaN), with integer operations
+ * and one multiply that vectorize: the exponent and mantissa shifted into a float32's
+ * place, then rebiased by 2^(127 - 15). */
+static inline float f16_to_float(uint16_t bits) {
+    uint32_t rest = (uint32_t)(bits & 0x7fff) << 13;
+    uint32_t sign = (uint32_t)(bits & 0x8000) << 16;
+    float scaled, special, value;
+    __builtin_memcpy(&scaled, &rest, sizeof scaled);
+    scaled *= 0x1p112f;
+    uint32_t inf_nan = rest | 0x7f800000u;
+    __builtin_memcpy(&special, &inf_nan, sizeof special);
+    value = rest >= (0x7c00u << 13) ? special : scaled;
+    uint32_t word;
+    __builtin_memcpy(&word, &value, sizeof word);
+    word |= sign;
+    __builtin_memcpy(&value, &word, sizeof value);
+    return value;
+}
+
+#define AS_IS(x) (x)
+#define FROM_BF16(x) bf16_to_float(x)
+#define FROM_F16(x) f16_to_float(x)
+
+KERNELS(float, float, f32, AS_IS)
+KERNELS(double, double, f64, AS_IS)
+KERNELS(uint16_t, float, bf16, FROM_BF16)
+KERNELS(uint16_t, float, f16, FROM_F16)
 DIGEST_KERNELS(float, f32)
 DIGEST_KERNELS(double, f64)
+DIGEST_KERNELS(uint16_t, bf16)
+DIGEST_KERNELS(uint16_t, f16)

@@ -18,8 +18,9 @@ moved into place atomically. Without a compiler, or where compiling fails, every
 takes the numpy path (:func:`distcheck.digest.digest` and
 :func:`distcheck.digest.stats`): the same digests and statistics, slower.
 
-Only contiguous float32 and float64 tensors take this path. Sums are partial per lane
-in the tensor's precision, so they may differ from numpy's pairwise sums in the last
+Contiguous float32, float64, float16 and bfloat16 tensors take this path (float16 and
+bfloat16 widened to float32, as the numpy path does); integers and strided arrays do not.
+Sums are partial per lane, so they may differ from numpy's pairwise sums in the last
 bits: statistics, not digests. A tensor whose sum is not finite is handed back to the
 caller, which counts its NaN and Inf.
 """
@@ -33,17 +34,20 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "fused.c")
 _HEADER = os.path.join(_HERE, "xxhash", "xxhash.h")
-_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+#: Kernels by element dtype; bfloat16 arrives as its uint16 bits and is told by name.
+_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+_BF16 = "bf16"
 _POINTER = ctypes.c_void_p
 
 _library: Optional[ctypes.CDLL] = None
+_kernels: dict[str, Callable] = {}
 _tried = False
 _why_not = ""
 _lock = threading.Lock()
@@ -128,9 +132,10 @@ def library() -> Optional[ctypes.CDLL]:
                 return None
             try:
                 lib = ctypes.CDLL(_build(compiler))
-                for name in _NAMES.values():
-                    getattr(lib, f"{name}_digest_summary").argtypes = [_POINTER, _POINTER, ctypes.c_size_t,
-                                                                       _POINTER, _POINTER]
+                for name in (*_NAMES.values(), _BF16):
+                    kernel = getattr(lib, f"{name}_digest_summary")
+                    kernel.argtypes = [_POINTER, _POINTER, ctypes.c_size_t, _POINTER, _POINTER]
+                    _kernels[name] = kernel
                 _library = lib
             except Exception as exc:  # the numpy path still works
                 _why_not = f"cannot build {SOURCE}: {type(exc).__name__}: {exc}"
@@ -141,24 +146,29 @@ def why_not() -> str:
     return _why_not
 
 
-def fits(array: np.ndarray) -> bool:
-    return array.dtype in _NAMES and array.flags.c_contiguous and array.size > 0
+def _kernel(array: np.ndarray, dtype: Optional[str]) -> Optional[Callable]:
+    if array.size == 0 or not array.flags.c_contiguous:
+        return None
+    name = _BF16 if dtype == "bfloat16" and array.dtype == np.uint16 else _NAMES.get(array.dtype)
+    return _kernels.get(name) if name else None
 
 
-def digest_and_summary(array: np.ndarray, kept: Optional[np.ndarray] = None
+def digest_and_summary(array: np.ndarray, kept: Optional[np.ndarray] = None, dtype: Optional[str] = None
                        ) -> Optional[tuple[tuple[int, int], np.ndarray]]:
     """The xxh3-128 digest (low, high) and float64 [min, max, sum, sum of squares, squared
     norm of ``array - kept``] in one pass; with ``kept``, ``array`` is copied into it as the
-    pass goes. None, with nothing done, if the array (or the pair) does not fit."""
-    lib = library()
-    if lib is None or not fits(array):
+    pass goes. ``dtype`` "bfloat16" marks uint16 bits as bfloat16. None, with nothing
+    done, if the array (or the pair) does not fit."""
+    if library() is None:
+        return None
+    kernel = _kernel(array, dtype)
+    if kernel is None:
         return None
     if kept is not None and (kept.dtype != array.dtype or kept.shape != array.shape
                              or not kept.flags.c_contiguous or not kept.flags.writeable):
         return None
     out = np.zeros(5, np.float64)
     words = np.zeros(2, np.uint64)
-    getattr(lib, f"{_NAMES[array.dtype]}_digest_summary")(
-        array.ctypes.data, None if kept is None else kept.ctypes.data, array.size, out.ctypes.data,
-        words.ctypes.data)
+    kernel(array.ctypes.data, None if kept is None else kept.ctypes.data, array.size, out.ctypes.data,
+           words.ctypes.data)
     return (int(words[0]), int(words[1])), out

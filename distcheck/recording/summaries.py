@@ -97,7 +97,7 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
         array = arrays[i]
         if array is None:
             return
-        if _fused_row(i, array, rows, stat_rows, previous):
+        if _fused_row(i, array, params[i].dtype, rows, stat_rows, previous):
             return
         rows[i] = digest(array)
         stat_rows[i, :-1] = stats(array, params[i].dtype)
@@ -118,19 +118,19 @@ def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]
     return rows, stat_rows
 
 
-def _fused_row(i: int, array: np.ndarray, rows: np.ndarray, stat_rows: np.ndarray,
+def _fused_row(i: int, array: np.ndarray, dtype: str, rows: np.ndarray, stat_rows: np.ndarray,
                previous: Optional["Previous"]) -> bool:
     """Digest and statistics (and the update, kept copy refreshed) in one pass, where the
     compiled kernels take this array; False, with nothing done, where they do not."""
     kept = previous.kept(i, array) if previous is not None else None
     if previous is not None and kept is None:  # the first sight of this parameter: the numpy path keeps a copy
         return False
-    result = fused.digest_and_summary(array, kept)
+    result = fused.digest_and_summary(array, kept, dtype)
     if result is None:
         return False
     rows[i], (lo, hi, total, square, change) = result
     if not (np.isfinite(total) and np.isfinite(square)):
-        stat_rows[i, :-1] = stats(array)  # counts NaN and Inf
+        stat_rows[i, :-1] = stats(array, dtype)  # counts NaN and Inf
     else:
         stat_rows[i, :-1] = (lo, hi, total / array.size, np.sqrt(square), 0, 0)
     if kept is not None:
@@ -156,8 +156,8 @@ def _batches(sizes: Sequence[int]) -> list[list[int]]:
 
 class Previous:
     """The parameters as last recorded, in buffers of its own allocated once, to measure
-    each update: host memory of one copy of the parameters. Float32 and float64 tensors
-    are compared and copied in the same pass as their statistics (:mod:`fused`); others
+    each update: host memory of one copy of the parameters. Floating tensors are
+    compared and copied in the same pass as their statistics (:mod:`fused`); others
     use a scratch buffer of the largest per summarising thread. The last column of a
     step's statistics becomes the L2 norm of each parameter's change since then, computed in float32 at least (float16
     differences would round; bfloat16 arrives as bits). Each index is touched by one

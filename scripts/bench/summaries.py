@@ -52,6 +52,17 @@ def main() -> None:
                 start = time.perf_counter()
                 summaries.summarise(infos, arrays, kind, previous=kept[kernel] if kind == "param" else None)
                 times[(kernel, kind)].append(time.perf_counter() - start)
+    for dtype in ("float16", "bfloat16"):
+        wide = rng.standard_normal(10_000_000).astype(np.float32)
+        array = (wide.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else wide.astype(np.float16)
+        info = [ParamInfo("g", array.shape, dtype, True, True)]
+        for kernel in (True, False):
+            fused._library = library if kernel else None
+            for _ in range(args.repeats + 1):
+                np.add(evict, 1, out=evict)
+                start = time.perf_counter()
+                summaries.summarise(info, [array], "grad")
+                times.setdefault((kernel, dtype), []).append(time.perf_counter() - start)
     fused._library = library
     ms = {f"{'kernel' if k else 'numpy'}_{kind}_ms": statistics.median(v[1:]) * 1e3 for (k, kind), v in times.items()}
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
@@ -63,6 +74,8 @@ def main() -> None:
         print(f"  {label:22s} {ms[f'kernel_{kind}_ms']:6.1f} ms {ms[f'numpy_{kind}_ms']:6.1f} ms")
     total = {k: ms[f"{k}_param_ms"] + ms[f"{k}_grad_ms"] for k in ("kernel", "numpy")}
     print(f"  {'one recorded step':22s} {total['kernel']:6.1f} ms {total['numpy']:6.1f} ms")
+    for dtype in ("float16", "bfloat16"):
+        print(f"  {'10M ' + dtype + ' gradient':22s} {ms[f'kernel_{dtype}_ms']:6.1f} ms {ms[f'numpy_{dtype}_ms']:6.1f} ms")
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
     print(f"wrote {args.json}")
