@@ -88,11 +88,10 @@ def _build(compiler: list[str]) -> str:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
-    target = ""
     for directory in cache_dirs():
-        target = os.path.join(directory, f"fused-{key}.so")
-        if os.path.exists(target):
-            return target
+        built = os.path.join(directory, f"fused-{key}.so")
+        if os.path.exists(built):
+            return built
     failures = []
     for directory in cache_dirs():
         try:

@@ -13,9 +13,9 @@ Up to three rounds keep the common case cheap and every rank in step:
    lowest rank, see :mod:`distcheck.replicas`), 24 bytes a parameter.
 
 Every rank votes within every group the same way, so all reach the same verdict, and
-shards that differ by design are never compared. A rank with nothing
-to give (its probe failed) sends ok=0, and then every rank switches the check off
-together, so no rank ever waits in an all-gather that another skipped.
+shards that differ by design are never compared. A rank with nothing to give (its probe
+failed) sends ok=0, and then every rank switches the check off together, so no rank
+ever waits in an all-gather that another skipped.
 """
 from __future__ import annotations
 
