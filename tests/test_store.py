@@ -156,6 +156,47 @@ def test_one_child_validates_every_file_and_a_hang_or_crash_costs_only_that_file
     assert time.monotonic() - start < 5
 
 
+def _reader_state(reader):
+    return (reader.rank, reader.params, reader.steps.tolist(), reader.status, reader.attr("hostname"),
+            reader.attr("pid"), reader.last_heartbeat(), reader.stacks(), reader.last_alive(),
+            {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in sorted(reader._series.items())})
+
+
+def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learns(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from distcheck.analysis.run import load_run
+    from distcheck.analysis.workers import ProcessPool
+    from distcheck.store import reader as reader_module
+    from synthetic import make_run
+
+    make_run(str(tmp_path), "none", size=5)
+    alone = load_run([str(tmp_path)])
+    expected = {r: _reader_state(reader) for r, reader in alone.readers.items()}
+    alone.close()
+    shared = load_run([str(tmp_path)], pool=ProcessPool(2))
+    assert {r: _reader_state(reader) for r, reader in shared.readers.items()} == expected
+    shared.close()
+
+    validate = reader_module.DumpReader._validate
+
+    def damaged(self):
+        if self.path.endswith("rank_00001.h5"):
+            time.sleep(60)  # a hang in one worker's share
+        if self.path.endswith("rank_00002.h5"):
+            os._exit(1)  # a crash in the other's
+        validate(self)
+
+    monkeypatch.setattr(reader_module.DumpReader, "_validate", damaged)
+    monkeypatch.setattr(reader_module, "OPEN_TIMEOUT", 0.5)
+    run = load_run([str(tmp_path)], pool=ProcessPool(2))
+    assert run.ranks == [0, 3, 4]
+    problems = {e.rank: e.message.split(": ", 1)[1].split(" (")[0] for e in run.errors}
+    assert problems == {1: "opening the file did not finish in 0.5 s", 2: "opening the file crashed the reader"}
+    run.close()
+
+
 def test_a_bounded_number_of_files_stay_open_and_reopen_on_demand(tmp_path, monkeypatch):
     from distcheck.store import reader as reader_module
     from synthetic import make_run

@@ -37,7 +37,7 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
     ``checks`` (each ``check(run, config, pool) -> findings``), then root causes are
     linked. ``pool`` spreads the work over workers (default: none)."""
     pool = pool or SerialPool()
-    run = load_run(dirs)
+    run = load_run(dirs, pool=pool)
     try:
         while True:
             try:

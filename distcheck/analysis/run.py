@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from distcheck.analysis.progress import ProgressBar
 from distcheck.store import schema
-from distcheck.store.reader import DumpError, DumpReader, Screening
+from distcheck.store.reader import DumpError, DumpReader, Screening, decode_state, screen
+
+if TYPE_CHECKING:
+    from distcheck.analysis.workers import Pool
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ class Run:
             reader.close()
 
 
-def load_run(dirs: list[str], screen_files: bool = True) -> Run:
-    """Every rank file of ``dirs``; with ``screen_files``, a forked child first checks
-    that none of them hangs HDF5 (once per run, see ``screen``)."""
+def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = None) -> Run:
+    """Every rank file of ``dirs``. With ``screen_files``, forked children first check
+    that none of them hangs HDF5 (one child per worker of ``pool``, each screening a
+    share of the files; see ``Screening``)."""
     run = Run(dirs=list(dirs))
+    files: list[tuple[str, int]] = []  # (path, rank from its name)
     for directory in dirs:
         if not os.path.isdir(directory):
             run.errors.append(InputError(directory, f"{directory}: no such run directory"))
@@ -86,14 +91,26 @@ def load_run(dirs: list[str], screen_files: bool = True) -> Run:
             run.errors.append(InputError(directory, f"{directory}: no rank files (rank_NNNNN.h5) found; "
                                          "is this the directory printed by 'distcheck launch'?"))
             continue
-        paths = [os.path.join(directory, name) for name in names]
-        with Screening(paths if screen_files else []) as screening, \
-                ProgressBar(f"reading {directory}", len(paths)) as bar:
-            for i, (name, path) in enumerate(zip(names, paths)):
-                rank = int(schema.FILE_PATTERN.match(name).group(1))
-                _load_file(run, path, rank, lambda: screening.reader(i) if screen_files
-                           else DumpReader(path, check_hangs=False))
+        files.extend((os.path.join(directory, n), int(schema.FILE_PATTERN.match(n).group(1))) for n in names)
+    paths = [path for path, _ in files]
+    with ProgressBar(f"reading {len(files)} rank files", len(files)) as bar:
+        if not screen_files or not hasattr(os, "fork"):
+            for path, rank in files:
+                _load_file(run, path, rank, lambda: DumpReader(path, check_hangs=False))
                 bar.advance()
+        elif pool is not None and pool.size > 1 and len(files) > 1:
+            shares = [paths[i::pool.size] for i in range(pool.size)]
+            messages: dict[int, bytes] = {}
+            for i, share in enumerate(pool.map(screen, shares)):
+                messages.update(zip(range(i, len(paths), pool.size), share))
+            for i, (path, rank) in enumerate(files):
+                _load_file(run, path, rank, lambda: DumpReader.validated(path, decode_state(messages.pop(i))))
+                bar.advance()
+        else:
+            with Screening(paths) as screening:
+                for i, (path, rank) in enumerate(files):
+                    _load_file(run, path, rank, lambda: screening.reader(i))
+                    bar.advance()
     return run
 
 

@@ -1,7 +1,6 @@
 """Rules on the post-reduce gradients."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -73,13 +72,21 @@ def _levels(norm: np.ndarray, window: int, span: int) -> tuple[np.ndarray, np.nd
     finite = np.where(np.isfinite(norm), norm, np.nan)
     history = sliding_window_view(np.concatenate([np.full(window, np.nan), finite]), window)  # row j: norm[j-window:j]
     last = sliding_window_view(norm, span)  # row j: norm[j:j+span]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN history: no level
-        level[span - 1:] = np.nanmedian(history[:n - span + 1], axis=1)
+    level[span - 1:] = _row_nanmedians(history[:n - span + 1])
     ok = np.isfinite(last).all(axis=1)
     recent[span - 1:] = np.where(ok, np.median(np.where(ok[:, None], last, 0.0), axis=1), np.nan)
     level[span - 1:][~ok] = np.nan
     return level, recent
+
+
+def _row_nanmedians(rows: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(rows, axis=1)`` (NaN for an all-NaN row), by one sort: numpy's own
+    goes through masked arrays, a millisecond a call."""
+    ordered = np.sort(rows, axis=1)  # NaN last
+    count = np.isfinite(rows).sum(axis=1)
+    r = np.arange(len(rows))
+    lo, hi = np.maximum(count - 1, 0) // 2, count // 2
+    return np.where(count > 0, (ordered[r, lo] + ordered[r, np.minimum(hi, rows.shape[1] - 1)]) / 2, np.nan)
 
 
 @rule("grad_exploding", Severity.ERROR, "grad", "the gradient norm jumps far above its running level, or turns non-finite")

@@ -11,7 +11,6 @@ import ctypes
 import functools
 import glob
 import json
-import io
 import os
 import select
 import signal
@@ -156,12 +155,12 @@ class DumpReader:
         layout = schema.step_layout(len(self.params), len(self.activations))
         lengths = []
         for path, (tail, _, _) in layout.items():
-            if path not in f and version < 2 and path in schema.ADDED_IN_2:
+            if version < 2 and path in schema.ADDED_IN_2 and path not in f:
                 continue
-            ds = f[path]
-            if tuple(ds.shape[1:]) != tuple(tail):
-                raise DumpError(self.path, f"dataset {path} has rows of shape {ds.shape[1:]}, expected {tail}")
-            lengths.append(ds.shape[0])
+            shape = _shape(f, path)
+            if tuple(shape[1:]) != tuple(tail):
+                raise DumpError(self.path, f"dataset {path} has rows of shape {shape[1:]}, expected {tail}")
+            lengths.append(shape[0])
         for path in (schema.LABEL_COUNTS, schema.HEARTBEAT, schema.STATUS, schema.STATUS_MESSAGE):
             if path not in f:
                 raise DumpError(self.path, f"dataset {path} is missing")
@@ -178,8 +177,17 @@ class DumpReader:
         self.status = Status(code) if code in Status._value2member_map_ else Status.RUNNING
         self.status_message = _text(f[schema.STATUS_MESSAGE][0]).rstrip("\x00")
         self.status_signal = int(f[schema.STATUS_SIGNAL][0]) if schema.STATUS_SIGNAL in f else 0
+        # How the rank ended, read now while the file is open: every analysis asks.
+        self._attrs = {key: _plain(f.attrs[key]) for key in _PREFETCHED_ATTRS if key in f.attrs}
+        beats = _shape(f, schema.HEARTBEAT)[0]
+        self._last_beat = f[schema.HEARTBEAT][beats - 1] if beats else None
+        stacks = (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE, schema.STACK_TEXT)
+        try:
+            self._n_stacks = min(_shape(f, p)[0] for p in stacks)
+        except KeyError:  # a version 1 dump (no stacks), or a damaged one: none to show
+            self._n_stacks = 0
         if self.n_steps <= PREFETCH_STEPS:  # small per-step series: read now, while the file is open
-            for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST):
+            for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST, schema.TIME):
                 self.series(path)
 
     # -- small series ------------------------------------------------------------
@@ -192,13 +200,14 @@ class DumpReader:
         return self.status.label
 
     def attr(self, key: str, default=None):
-        value = self._file.attrs.get(key, default)
-        return _text(value) if isinstance(value, bytes) else value
+        if key in _PREFETCHED_ATTRS:
+            return self._attrs.get(key, default)
+        return _plain(self._file.attrs.get(key, default))
 
     def series(self, path: str) -> np.ndarray:
         """A whole per-step series of scalars or small rows (read once, then cached)."""
         if path not in self._series:
-            if path not in self._file and path in schema.ADDED_IN_2:
+            if path in schema.ADDED_IN_2 and path not in self._file:
                 self._series[path] = np.full(self.n_steps, schema.ADDED_IN_2[path])
             else:
                 self._series[path] = self._read(path, slice(0, self.n_steps))
@@ -247,24 +256,20 @@ class DumpReader:
         return [_heartbeat(row) for row in self._read(schema.HEARTBEAT, ())]
 
     def last_heartbeat(self) -> Optional[Heartbeat]:
-        n = self._length(schema.HEARTBEAT)
-        return _heartbeat(self._read(schema.HEARTBEAT, n - 1)) if n else None
+        return _heartbeat(self._last_beat) if self._last_beat is not None else None
 
     def last_alive(self) -> Optional[float]:
         """The latest sign of life: a heartbeat or a recorded step."""
         beat = self.last_heartbeat()
         last = beat.time if beat is not None else None
         if self.n_steps:
-            t = float(self._read(schema.TIME, self.n_steps - 1))
+            t = float(self.times()[-1])
             last = t if last is None else max(last, t)
         return last
 
     def stacks(self) -> list[Stack]:
         """Stacks of the main thread taken while the rank was not progressing, oldest first."""
-        paths = (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE, schema.STACK_TEXT)
-        if not all(p in self._file for p in paths):
-            return []  # a version 1 dump, or a damaged one: no stacks to show
-        n = min(self._length(p) for p in paths)
+        n = self._n_stacks  # none in a version 1 dump
         if not n:
             return []
         times, steps, phases, texts = (self._read(p, slice(0, n)) for p in (
@@ -422,7 +427,7 @@ class Screening:
     def __init__(self, paths: list[str]) -> None:
         self.paths = list(paths)
         self.received = 0  # results received, in order
-        self._results: dict[int, object] = {}
+        self._results: dict[int, bytes] = {}
         self._pid, self._fd = 0, -1
         self._buffer = b""
         if hasattr(os, "fork") and self.paths:
@@ -435,12 +440,13 @@ class Screening:
         return DumpReader.validated(self.paths[index], self.state(index))
 
     def state(self, index: int) -> dict:
+        return decode_state(self.message(index))
+
+    def message(self, index: int) -> bytes:
+        """What the child learnt of file ``index``, encoded (see :func:`decode_state`)."""
         while index not in self._results:
             self._receive()
-        result = self._results.pop(index)
-        if isinstance(result, DumpError):
-            raise result
-        return result
+        return self._results.pop(index)
 
     def _start(self) -> None:
         read_end, write_end = os.pipe()
@@ -468,8 +474,8 @@ class Screening:
             if len(self._buffer) >= 8:
                 size = int.from_bytes(self._buffer[:8], "little")
                 if len(self._buffer) >= 8 + size:
-                    message, self._buffer = self._buffer[8:8 + size], self._buffer[8 + size:]
-                    self._results[self.received] = _decode(message)
+                    self._results[self.received] = self._buffer[8:8 + size]
+                    self._buffer = self._buffer[8 + size:]
                     self.received += 1
                     if self.received == len(self.paths):
                         self._stop(kill=False)
@@ -487,7 +493,7 @@ class Screening:
                 error = DumpError(path, f"opening the file did not finish in {OPEN_TIMEOUT:g} s",
                                   "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
             self._stop(kill=True)
-            self._results[self.received] = error
+            self._results[self.received] = _encode_error(error)
             self.received += 1
             if self.received < len(self.paths):
                 self._start()
@@ -512,19 +518,30 @@ class Screening:
         self._stop(kill=True)
 
 
-# What a screening child hands over: a JSON header, then the arrays as an .npz read
-# without pickle. Data, never code, even from a file built to attack the reader.
+def screen(paths: list[str]) -> list[bytes]:
+    """Validate ``paths`` in a screening child: each file's encoded state or error, for
+    :func:`decode_state` in this or another process. Analysis workers each screen a
+    share of a run's files with it."""
+    with Screening(paths) as screening:
+        return [screening.message(i) for i in range(len(paths))]
+
+
+# What a screening child hands over: a JSON header, then the arrays' raw bytes, which the
+# header describes by plain numeric dtype and shape. Data, never code, even from a file
+# built to attack the reader.
 def _encode_state(reader: "DumpReader") -> bytes:
-    series = list(reader._series)
+    arrays = {"steps": reader.steps, **reader._series}
+    if reader._last_beat is not None:
+        arrays["last_heartbeat"] = reader._last_beat
     header = {"version": reader.version, "rank": reader.rank, "world_size": reader.world_size, "meta": reader.meta,
               "params": [[p.name, list(p.shape), p.dtype, p.trainable, p.has_grad] for p in reader.params],
               "activations": [list(a) for a in reader.activations], "n_steps": reader.n_steps,
               "problems": reader.problems, "status": int(reader.status), "status_message": reader.status_message,
-              "status_signal": reader.status_signal, "series": series}
-    arrays = io.BytesIO()
-    np.savez(arrays, steps=reader.steps, **{f"s{i}": reader._series[path] for i, path in enumerate(series)})
+              "status_signal": reader.status_signal, "attrs": reader._attrs, "n_stacks": reader._n_stacks,
+              "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
     text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + arrays.getvalue()
+    return b"".join([len(text).to_bytes(8, "little"), text,
+                     *(np.ascontiguousarray(a).tobytes() for a in arrays.values())])
 
 
 def _encode_error(error: DumpError) -> bytes:
@@ -532,21 +549,28 @@ def _encode_error(error: DumpError) -> bytes:
     return len(text).to_bytes(8, "little") + text
 
 
-def _decode(message: bytes):
-    """A reader's state (see :meth:`DumpReader.validated`), or the :class:`DumpError`."""
+def decode_state(message: bytes) -> dict:
+    """A reader's state (see :meth:`DumpReader.validated`); raises the file's
+    :class:`DumpError` if it had one."""
     size = int.from_bytes(message[:8], "little")
     header = json.loads(message[8:8 + size])
     if "error" in header:
-        return DumpError(*header["error"])
-    with np.load(io.BytesIO(message[8 + size:]), allow_pickle=False) as arrays:
-        steps = arrays["steps"]
-        series = {path: arrays[f"s{i}"] for i, path in enumerate(header["series"])}
+        raise DumpError(*header["error"])
+    arrays, offset = {}, 8 + size
+    for name, dtype, shape in header["arrays"]:
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "biuf":
+            raise ValueError(f"unexpected dtype {dtype} in a screening result")
+        count = int(np.prod(shape, dtype=np.int64))
+        arrays[name] = np.frombuffer(message, dtype, count, offset).reshape(shape).copy()
+        offset += count * dtype.itemsize
+    steps, last_beat = arrays.pop("steps"), arrays.pop("last_heartbeat", None)
     return {"version": header["version"], "rank": header["rank"], "world_size": header["world_size"],
             "meta": header["meta"], "n_steps": header["n_steps"], "steps": steps, "problems": header["problems"],
             "params": [ParamInfo(n, tuple(shape), d, t, g) for n, shape, d, t, g in header["params"]],
             "activations": [tuple(a) for a in header["activations"]], "status": Status(header["status"]),
             "status_message": header["status_message"], "status_signal": header["status_signal"],
-            "_series": series}
+            "_attrs": header["attrs"], "_last_beat": last_beat, "_n_stacks": header["n_stacks"], "_series": arrays}
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -592,6 +616,23 @@ def _heartbeat(row: np.ndarray) -> Heartbeat:
         return Heartbeat(float(row[0]), int(row[1]), Phase.UNKNOWN, float("nan"))
     t, step, phase, since = row[:4]
     return Heartbeat(float(t), int(step), _phase(phase), float(since))
+
+
+#: Attributes read at open (see :meth:`DumpReader.attr`).
+_PREFETCHED_ATTRS = ("hostname", "pid")
+
+
+def _shape(f: h5py.File, path: str) -> tuple[int, ...]:
+    """A dataset's shape, without h5py's high-level object: validating a thousand files
+    asks for tens of thousands of shapes."""
+    return h5py.h5d.open(f.id, path.encode()).shape
+
+
+def _plain(value):
+    """An HDF5 attribute as JSON can carry it: text, or a Python number."""
+    if isinstance(value, bytes):
+        return _text(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _phase(value) -> Phase:
