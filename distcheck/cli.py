@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-copy-limit", default="1G", metavar="SIZE",
                    help="most device memory Model.train's copy of the gradients may take, e.g. 512M or 4G "
                         "(default 1G); above it gradients are not recorded; 0: never")
+    p.add_argument("--update-norm-every", type=int, default=4, metavar="N",
+                   help="measure the update norm of each parameter of 1 MiB or more at every N-th recorded "
+                        "step, in turn, keeping a copy of about 1/N of them (default 4; 1: every parameter "
+                        "at every recorded step)")
     p.add_argument("--strict", action="store_true",
                    help="a probe error stops the job instead of switching the probe off (for CI)")
     p.add_argument("--activations", action="store_true",

@@ -234,7 +234,10 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
                            activations=args.activations or env.get("DISTCHECK_ACTIVATIONS") == "1",
                            stall_seconds=stall_seconds, strict=args.strict,
                            local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")),
-                           grad_copy_limit=_grad_copy_limit(args.grad_copy_limit))
+                           grad_copy_limit=_grad_copy_limit(args.grad_copy_limit),
+                           update_norm_every=args.update_norm_every)
+    if args.update_norm_every < 1:
+        raise UsageError("--update-norm-every: give 1 or more (1: every parameter at every recorded step)")
     declared = Declaration.parse(config.get("replica_groups"))
     if declared is not None:
         try:

@@ -407,7 +407,10 @@ def dtype_name(dtype: Any) -> str:
     """numpy's name for a MindSpore dtype, or "bfloat16"."""
     if dtype == ms.bfloat16:
         return "bfloat16"
-    return np.dtype(ms.dtype_to_nptype(dtype)).name
+    try:  # MindSpore's names are numpy's, capitalised ("Float32"); dtype_to_nptype warns of its end
+        return np.dtype(str(dtype).lower()).name
+    except TypeError:
+        return np.dtype(ms.dtype_to_nptype(dtype)).name
 
 
 def to_numpy(value: Any, copy: bool = True) -> np.ndarray:

@@ -43,6 +43,8 @@ def _labels(value: str) -> str:
 #: Gradients bigger than this (1 GiB, about 268M float32 parameters) are not copied by
 #: default: the copy doubles their device memory, which large models cannot spare.
 GRAD_COPY_LIMIT = 1 << 30
+#: Each large parameter's update is measured at every 4th recorded step, in turn.
+UPDATE_NORM_EVERY = 4
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -83,7 +85,10 @@ class ProbeOptions:
     ``replica_groups``: declared replica groups as JSON, in the config's form (see
     :mod:`distcheck.replicas`); empty: none declared. ``grad_copy_limit``: the most
     device memory, in bytes, that ``Model.train``'s copy of the gradients may take; above
-    it gradients are not recorded (0: never copied).
+    it gradients are not recorded (0: never copied). ``update_norm_every``: parameters of
+    1 MiB or more have their update's norm measured in turn, each at every N-th recorded
+    step, so that the probe keeps a copy of only about 1/N of them (1: every parameter at
+    every recorded step, and a copy of all; see ``summaries.Previous``).
     """
 
     every: int = 1
@@ -98,6 +103,7 @@ class ProbeOptions:
     labels: str = "auto"
     replica_groups: str = ""
     grad_copy_limit: int = GRAD_COPY_LIMIT
+    update_norm_every: int = UPDATE_NORM_EVERY
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -116,6 +122,7 @@ class ProbeOptions:
             labels=_env("DISTCHECK_LABELS", "auto", _labels),
             replica_groups=os.environ.get("DISTCHECK_REPLICA_GROUPS", "").strip(),
             grad_copy_limit=max(0, _env("DISTCHECK_GRAD_COPY_LIMIT", GRAD_COPY_LIMIT, parse_size)),
+            update_norm_every=max(1, _env("DISTCHECK_UPDATE_NORM_EVERY", UPDATE_NORM_EVERY, int)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -132,6 +139,7 @@ class ProbeOptions:
             "DISTCHECK_LABELS": self.labels,
             "DISTCHECK_REPLICA_GROUPS": self.replica_groups,
             "DISTCHECK_GRAD_COPY_LIMIT": str(self.grad_copy_limit),
+            "DISTCHECK_UPDATE_NORM_EVERY": str(self.update_norm_every),
         }
 
     def declaration(self) -> Optional[Declaration]:

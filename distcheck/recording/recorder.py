@@ -61,7 +61,7 @@ class Recorder:
         self.progress = Progress()
         self.numbering = StepNumbering()
         self.online = OnlineCheck(world, params, options.every, options.online_every, options.fail_fast)
-        self._previous = Previous()  # the parameters as last recorded, to measure each update
+        self._previous = Previous(options.update_norm_every)  # to measure each update
         self._last_written = -1
         self._clean = False  # the last training call ended cleanly
         self._failure: Optional[str] = None  # set by the heartbeat thread

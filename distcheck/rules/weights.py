@@ -106,7 +106,9 @@ def update_ratio_small(rank: RankData, settings: dict):
     """
     Phenomenon: weights change too little per step to learn in reasonable time. Measured per
     weight matrix (parameters of 2 or more dimensions) as the median over recorded steps of
-    ``|w_s - w_prev| / |w_prev|`` (L2 norms; with --every K, per K steps).
+    ``|w_s - w_prev| / |w_prev|`` (L2 norms; with --every K, per K steps). Weights of
+    1 MiB or more are measured in turn, each at every 4th recorded step
+    (--update-norm-every), so their median is over a quarter of the steps.
 
     Likely causes: hyperparameters (learning rate too small, weight decay dominating);
     vanishing gradients; a learning-rate schedule that decayed too early.
@@ -139,7 +141,10 @@ def update_ratio_large(rank: RankData, settings: dict):
     """
     Phenomenon: an update changes weights by a large fraction of their size, so training
     jumps around instead of converging. Same ratio as update_ratio_small, reported at the
-    first step where any weight matrix exceeds the threshold.
+    first step where any weight matrix exceeds the threshold. Weights of 1 MiB or more are
+    measured at their turn only (every 4th recorded step, --update-norm-every): a learning
+    rate that is too large is seen within 4 recorded steps, a single jump between turns
+    may not be (use --update-norm-every 1 to measure every update).
 
     Likely causes: hyperparameters (learning rate too large, no warm-up); exploding
     gradients; inputs not normalised.

@@ -5,7 +5,8 @@ Writes synthetic runs (one rank diverging in one parameter, late in the run), th
 ``distcheck analyze`` on each in a fresh process and reads that process's peak RSS (and
 its workers'). Prints a table and writes it as JSON.
 
-    python scripts/bench/analyzer.py [--quick] [--json FILE] [--workers 1,2,4]
+    python scripts/bench/analyzer.py [--quick | --case RANKS,STEPS,PARAMS ...] [--json FILE]
+                                     [--workers 1,2,4]
 """
 import argparse
 import json
@@ -47,6 +48,8 @@ def measure(run_dir: str, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller cases only (about a minute)")
+    ap.add_argument("--case", action="append", default=[], metavar="RANKS,STEPS,PARAMS",
+                    help="only this case (repeatable)")
     ap.add_argument("--workers", default="1", help="comma-separated worker counts to try (default 1)")
     ap.add_argument("--json", default="bench-analyzer.json", help="where to write the results")
     args = ap.parse_args()
@@ -56,7 +59,8 @@ def main() -> None:
     try:
         print(f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}")
         print(f"{'ranks':>6} {'steps':>6} {'params':>6} {'workers':>7} {'data MB':>8} {'seconds':>8} {'peak MB':>8}")
-        for ranks, steps, params in (QUICK if args.quick else FULL):
+        cases = [tuple(int(x) for x in c.split(",")) for c in args.case] or (QUICK if args.quick else FULL)
+        for ranks, steps, params in cases:
             run = os.path.join(root, f"r{ranks}-s{steps}-p{params}")
             write_run(run, ranks, steps, params, diverge_rank=ranks - 1, diverge_step=int(steps * 0.9))
             size = sum(os.path.getsize(os.path.join(run, f)) for f in os.listdir(run)) / 2**20

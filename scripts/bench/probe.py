@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The probe's cost per training step, plain and attached runs interleaved in one run.
 
-Two ways in, each plain and attached (every step, and every 10th step), alternated
-round after round on the same machine so that drift hits all alike:
+Two ways in, each plain and attached (every step; every step with every update measured,
+``--update-norm-every 1``; every 10th step), alternated round after round on the same
+machine so that drift hits all alike:
 
 - ``Model.train`` under ``distcheck launch -n 1 --launcher none`` (no change to the
   script: ``model_train_job.py``, an MLP of about 10.5M parameters, batch 64);
@@ -40,21 +41,24 @@ def bandwidth() -> float:
     return a.nbytes / best
 
 
-def model_train(every, steps: int) -> dict:
-    """One run of the Model.train job: plain (every None) or under distcheck launch."""
+def model_train(mode, steps: int) -> dict:
+    """One run of the Model.train job: plain (mode None) or under distcheck launch with
+    ``mode`` = (every, update_norm_every)."""
     with tempfile.TemporaryDirectory(prefix="distcheck-bench-") as tmp:
         out = os.path.join(tmp, "times.json")
         job = [sys.executable, os.path.join(HERE, "model_train_job.py"), out, "--steps", str(steps)]
-        if every is not None:
+        if mode is not None:
+            every, turns = mode
             job = [sys.executable, "-m", "distcheck", "launch", "-n", "1", "--launcher", "none", "--every",
-                   str(every), "--out", os.path.join(tmp, "run"), "--no-analyze", "--", *job]
+                   str(every), "--update-norm-every", str(turns), "--out", os.path.join(tmp, "run"),
+                   "--no-analyze", "--", *job]
         env = {**os.environ, "GLOG_v": "3"}
         subprocess.run(job, check=True, capture_output=True, env=env)
         with open(out) as fh:
             return json.load(fh)
 
 
-def custom_loop(every, steps: int, width: int = 1600) -> dict:
+def custom_loop(mode, steps: int, width: int = 1600) -> dict:
     import mindspore as ms
     from mindspore import nn
 
@@ -83,9 +87,10 @@ def custom_loop(every, steps: int, width: int = 1600) -> dict:
     net = nn.SequentialCell(layers)
     optimizer = nn.SGD(net.trainable_params(), learning_rate=1e-3)
     probe, update = None, optimizer
-    if every is not None:
+    if mode is not None:
+        every, turns = mode
         probe = Probe(net, run_dir=tempfile.mkdtemp(prefix="distcheck-bench-"),
-                      options=ProbeOptions(every=every), optimizer=optimizer)
+                      options=ProbeOptions(every=every, update_norm_every=turns), optimizer=optimizer)
         update = probe.wrap(optimizer)
     step_fn = TrainStep(net, nn.MSELoss(), update)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((64, width)).astype(np.float32))
@@ -111,14 +116,17 @@ def main() -> None:
     ap.add_argument("--json", default="bench-probe.json")
     args = ap.parse_args()
     ways = {"Model.train": model_train, "custom loop": custom_loop}
-    modes = {"plain": None, "every step": 1, "every 10": 10}
+    from distcheck.recording.options import UPDATE_NORM_EVERY
+
+    modes = {"plain": None, "every step": (1, UPDATE_NORM_EVERY), "every step, all updates": (1, 1),
+             "every 10": (10, UPDATE_NORM_EVERY)}
     cycles = {(w, m): [] for w in ways for m in modes}
     rss = {(w, m): [] for w in ways for m in modes}
     params = {}
     for _ in range(args.rounds):
         for way, run in ways.items():
-            for mode, every in modes.items():
-                result = run(every, args.steps)
+            for mode, setting in modes.items():
+                result = run(setting, args.steps)
                 cycles[way, mode].extend(result["cycles"][5:])  # compilation and warm-up left out
                 if "peak_rss_mb" in result:
                     rss[way, mode].append(result["peak_rss_mb"])
@@ -126,7 +134,7 @@ def main() -> None:
     bw = bandwidth()
     print(f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}; "
           f"read bandwidth {bw / 1e9:.1f} GB/s; {args.rounds} interleaved rounds of {args.steps} steps")
-    print(f"{'':12} {'':11} {'median ms':>10} {'ratio':>6} {'floor':>6} {'host MB added':>14}")
+    print(f"{'':12} {'':23} {'median ms':>10} {'ratio':>6} {'floor':>6} {'host MB added':>14}")
     rows = []
     for way in ways:
         plain = statistics.median(cycles[way, "plain"])
@@ -138,7 +146,7 @@ def main() -> None:
             rows.append({"way": way, "mode": mode, "params": params[way], "median_ms": median * 1e3,
                          "ratio": median / plain, "floor_ratio": floor, "host_mb_added": added})
             added_text = f"{added:14.0f}" if added is not None else f"{'-':>14}"
-            print(f"{way:12} {mode:11} {median * 1e3:10.1f} {median / plain:6.2f} {floor:6.2f} {added_text}")
+            print(f"{way:12} {mode:23} {median * 1e3:10.1f} {median / plain:6.2f} {floor:6.2f} {added_text}")
     with open(args.json, "w") as fh:
         json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "bandwidth": bw, "rows": rows,
                    "peak_rss_mb": {f"{w} / {m}": v for (w, m), v in rss.items() if v}}, fh, indent=1)
