@@ -115,10 +115,13 @@ def grad_exploding(rank: RankData, settings: dict):
     if mask.sum() == 0:
         return []
     cols = _with_grads(rank)
-    every = len(cols) == len(rank.params)  # views rather than copies, the common case
+    every = len(cols) == len(rank.params)
+    rows = np.flatnonzero(mask)
+    # Views rather than copies in the common case: every parameter, the rows after step 0.
+    pick = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
 
     def take(stat: str) -> np.ndarray:
-        values = rank.column("grad", stat)[mask]
+        values = rank.column("grad", stat)[pick]
         return values if every else values[:, cols]
 
     l2 = take("l2")

@@ -57,14 +57,15 @@ class RankData:
         cache = self.__dict__.setdefault("_column_cache", {})
         if (kind, stat) not in cache:
             wanted = tuple(dict.fromkeys((*_USED.get(kind, ()), stat)))
-            idx = [_COL[name] for name in wanted]
-            parts = [self.reader.stats(kind, start, start + BLOCK)[:, :, idx]
-                     for start in range(0, self.reader.n_steps, BLOCK)]
-            block = np.concatenate(parts) if parts else np.zeros((0, len(self.params), len(idx)), np.float32)
-            for k, name in enumerate(wanted):
-                values = np.ascontiguousarray(block[:, :, k])
+            n = self.reader.n_steps
+            out = {name: np.empty((n, len(self.params)), np.float32) for name in wanted}
+            for start in range(0, n, BLOCK):
+                block = self.reader.stats(kind, start, start + BLOCK)
+                for name, values in out.items():  # plain strided copies, straight into place
+                    values[start:start + len(block)] = block[:, :, _COL[name]]
+            for name, values in out.items():
                 if kind == "grad" and name in _SCALED and self.grad_scale != 1.0:
-                    values = values / np.float32(self.grad_scale)
+                    values /= np.float32(self.grad_scale)
                 cache.setdefault((kind, name), values)
         return cache[(kind, stat)]
 
