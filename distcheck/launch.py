@@ -227,6 +227,8 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
     env = dict(os.environ)
     steps = tuple(int(s) for s in args.full_steps.split(",") if s.strip()) if args.full_steps else ()
     stall_seconds = ProbeOptions.stall_seconds
+    if args.update_norm_every < 1:
+        raise UsageError("--update-norm-every: give 1 or more (1: every parameter at every recorded step)")
     if args.stall_timeout:  # every rank has kept its stack by the time the job is stopped
         stall_seconds = min(stall_seconds, max(0.5, args.stall_timeout / 3))
     options = ProbeOptions(every=args.every, full_steps=steps, fail_fast=args.fail_fast,
@@ -236,8 +238,6 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
                            local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")),
                            grad_copy_limit=_grad_copy_limit(args.grad_copy_limit),
                            update_norm_every=args.update_norm_every)
-    if args.update_norm_every < 1:
-        raise UsageError("--update-norm-every: give 1 or more (1: every parameter at every recorded step)")
     declared = Declaration.parse(config.get("replica_groups"))
     if declared is not None:
         try:

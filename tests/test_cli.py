@@ -209,6 +209,9 @@ def test_sizes_read_as_people_write_them(tmp_path):
     code, _, err = _run("launch", "-n", "1", "--out", str(tmp_path / "r"), "--grad-copy-limit", "lots", "--",
                         sys.executable, "-c", "pass")
     assert code == 2 and "--grad-copy-limit: not a size: 'lots'" in err and "Traceback" not in err, err
+    code, _, err = _run("launch", "-n", "1", "--out", str(tmp_path / "r"), "--update-norm-every", "0", "--",
+                        sys.executable, "-c", "pass")
+    assert code == 2 and "--update-norm-every: give 1 or more" in err and "Traceback" not in err, err
 
 
 def test_rules_and_explain_say_what_each_code_compares():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distcheck.findings import Severity
+from distcheck.findings import Note, Severity
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import finding, rule
 from distcheck.store import schema
@@ -77,7 +77,10 @@ def class_imbalance(rank: RankData, settings: dict):
 
     Defaults: flagged when the most common class is seen more than ``ratio`` 10 times as
     often as the rarest class between 0 and the largest label (smdebug ClassImbalance:
-    threshold_imbalance 10), once at least ``min_samples`` 200 labels were seen.
+    threshold_imbalance 10), once at least ``min_samples`` 200 labels were seen and at
+    least ``min_per_class`` 50 per class on average. Fewer are sampling noise, not
+    imbalance: 768 uniform labels of 64 classes leave some class unseen (a note says the
+    balance was not judged).
 
     Fix: rebalance: oversample rare classes, weight the loss by class, or collect more data.
     """
@@ -89,6 +92,10 @@ def class_imbalance(rank: RankData, settings: dict):
     present = counts[: top + 1]
     if len(present) < 2:
         return []
+    if total < settings["min_per_class"] * len(present):
+        return [Note("class_imbalance", (rank.rank,),
+                     f"class balance not judged: {total} labels over {len(present)} classes, "
+                     f"{settings['min_per_class']} per class are needed (rules.class_imbalance.min_per_class)")]
     rare, common = int(np.argmin(present)), int(np.argmax(present))
     ratio = present[common] / max(present[rare], 1)
     if ratio <= settings["ratio"]:

@@ -138,3 +138,35 @@ def test_every_update_skipped_by_loss_scale_overflow(tmp_path):
     f = only(result, "updates_skipped")
     assert "40 of 40 training steps" in f["message"]
     assert result.codes() == ["updates_skipped"]  # not weights_not_updated: no update was recorded
+
+
+def test_large_weights_take_turns_at_having_their_update_measured(tmp_path):
+    # The benchmark's Model.train job: four 1600x1600 weights (10 MB each) take turns; the
+    # 1600x64 head and the biases, under 1 MiB, are measured at every recorded step. The
+    # turns give the numbers a copy of every parameter gives, at their steps.
+    import h5py
+    import numpy as np
+
+    norms = {}
+    for turns in ("4", "1"):
+        out = tmp_path / f"turns{turns}"
+        out.mkdir()
+        result = launch(str(out), "bench/model_train_job.py", str(out / "times.json"), "--steps", "12", n=1,
+                        launcher="none", options=("--update-norm-every", turns))
+        assert result.code == 0 and result.report["findings"] == [], result.report["findings"]
+        with h5py.File(out / "rank_00000.h5", "r") as f:
+            names = [x.decode() if isinstance(x, bytes) else x for x in f["params/name"][()]]
+            norms[turns] = f["param/stats"][:, :, -1]
+    every, turns = norms["1"], norms["4"]
+    rows = len(every)
+    assert rows == 13 and turns.shape == every.shape and np.isfinite(every[1:]).all()  # 12 steps and step 0
+    big = [i for i, n in enumerate(names) if n.endswith("weight") and not n.startswith("8.")]
+    assert len(big) == 4
+    seen = []
+    for row in range(1, rows):
+        measured = np.isfinite(turns[row])
+        (turn,) = [b for b in big if measured[b]]  # one big weight per step; the others' norms unknown
+        seen.append(turn)
+        assert measured.sum() == len(names) - 3
+        np.testing.assert_allclose(turns[row][measured], every[row][measured], rtol=1e-5)
+    assert all(sorted(seen[i:i + 4]) == sorted(big) for i in range(0, rows - 1, 4))  # each in turn

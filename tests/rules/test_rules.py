@@ -217,6 +217,14 @@ def test_class_imbalance(tmp_path):
     assert "class 0" in f.message
 
 
+def test_class_balance_is_not_judged_on_too_few_labels_per_class(tmp_path):
+    # 24 batches of 32 uniform labels over 64 classes: some class is never seen by chance.
+    write(str(tmp_path), steps=24, batch=lambda s: [healthy_batch(s)[0],
+                                                    np.random.default_rng(s).integers(0, 64, 32).astype(np.int32)])
+    (note,) = judge(str(tmp_path), "class_imbalance")
+    assert isinstance(note, Note) and "768 labels over 64 classes, 50 per class are needed" in note.message
+
+
 def test_data_not_shuffled(tmp_path):
     write(str(tmp_path), batch=lambda s: [healthy_batch(s)[0], np.full(32, (s * 4) // 41, np.int32)])
     (f,) = judge(str(tmp_path), "data_not_shuffled")
