@@ -130,6 +130,8 @@ def _first_parting(ra, rb, kind, bit, ia, ib, cols_a, cols_b, stats, close) -> O
             x = sa[ia_block[t]][cols_a][:, stats].astype(np.float64)
             y = sb[ib_block[t]][cols_b][:, stats].astype(np.float64)
             parted = ~close(x, y)
+            if kind == "param":  # an update norm known on one side only was not measured on the other
+                parted[:, -1] &= ~(np.isnan(x[:, -1]) | np.isnan(y[:, -1]))
             if parted.any():
                 columns = [int(c) for c in np.flatnonzero(parted.any(axis=1))]
                 c, s = columns[0], int(np.flatnonzero(parted[columns[0]])[0])

@@ -40,6 +40,21 @@ def test_diff_finds_the_step_and_parameter_where_two_runs_part(tmp_path):
     assert code == 1 and 'type="diff_param"' in out
 
 
+def test_diff_ignores_update_norms_one_run_did_not_measure(tmp_path, monkeypatch):
+    from distcheck.recording import summaries
+
+    (tmp_path / "all").mkdir()
+    (tmp_path / "turns").mkdir()
+    write(str(tmp_path / "all"))  # every parameter under 1 MiB: every update measured
+    monkeypatch.setattr(summaries, "TURN_BYTES", 256)  # the two weights take turns, one step in two
+    write(str(tmp_path / "turns"))
+    code, out, _ = _cli("diff", tmp_path / "all", tmp_path / "turns", "--format", "json")
+    assert code == 0 and json.loads(out)["findings"] == []
+    code, out, _ = _cli("show", tmp_path / "turns", "--series", "param:l1.weight", "--stat", "delta_l2")
+    norms = [row["rank_0"] for row in csv.DictReader(io.StringIO(out))]
+    assert [bool(v) for v in norms[1:9]] == [False, True] * 4
+
+
 def test_diff_of_a_missing_run_is_an_input_error(tmp_path):
     make_run(str(tmp_path / "a"), "none")
     code, _, err = _cli("diff", tmp_path / "a", tmp_path / "nowhere")
