@@ -167,7 +167,7 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
     import time
 
     from distcheck.analysis.run import load_run
-    from distcheck.analysis.workers import ProcessPool
+    from distcheck.analysis.pools import ProcessPool
     from distcheck.store import reader as reader_module
     from synthetic import make_run
 

@@ -11,7 +11,8 @@ from distcheck.analysis.data import data_not_sharded, loss_nonfinite
 from distcheck.analysis.divergence import describe, episode_findings, merge_episodes, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
-from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
+from distcheck.analysis.pools import Pool, SerialPool, chunks
+from distcheck.analysis.workers import shared_run, sharing
 from distcheck.analysis.structure import (ReplicaConfigError, common_structure, comparisons, data_parallel_peers,
                                          weight_mask)
 from distcheck.findings import Finding, Note, sort_findings

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
+from distcheck.analysis.pools import Pool
 from distcheck.analysis.progress import ProgressBar
 from distcheck.store import schema
 from distcheck.store.reader import DumpError, DumpReader, Screening, decode_state, screen
-
-if TYPE_CHECKING:
-    from distcheck.analysis.workers import Pool
 
 
 @dataclass(frozen=True)

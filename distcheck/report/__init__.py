@@ -14,7 +14,7 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
     to ``output`` (stdout if None) and return the exit code: 2 on input errors, else 1
     on findings at or above ``fail_on``. Under mpirun only rank 0 writes."""
     from distcheck.analysis import ReplicaConfigError, analyze
-    from distcheck.analysis.workers import make_pool
+    from distcheck.analysis.pools import make_pool
     from distcheck.rules import health_checks
 
     pool = make_pool(workers)

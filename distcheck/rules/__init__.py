@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 from distcheck.analysis.progress import ProgressBar
 from distcheck.analysis.run import Run
-from distcheck.analysis.workers import Pool, SerialPool, chunks, shared_run, sharing
+from distcheck.analysis.pools import Pool, SerialPool, chunks
+from distcheck.analysis.workers import shared_run, sharing
 from distcheck.findings import Finding, Note
 from distcheck.rules import activations, consistency, data, diff, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
