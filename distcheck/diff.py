@@ -24,6 +24,7 @@ from distcheck.analysis.run import Run, load_run
 from distcheck.findings import Finding, Severity, name_list
 from distcheck.rules.registry import finding
 from distcheck.store import schema
+from distcheck.steps import rows_for, take
 
 _L2, _MEAN, _DELTA = (schema.STAT_COLUMNS.index(c) for c in ("l2", "mean", "delta_l2"))
 
@@ -102,13 +103,9 @@ def _mean_loss(run: Run, steps: np.ndarray) -> np.ndarray:
     total = np.zeros(len(steps))
     count = np.zeros(len(steps))
     for reader in run.readers.values():
-        idx = np.searchsorted(reader.steps, steps)
-        idx = np.minimum(idx, max(reader.n_steps - 1, 0))
-        if not reader.n_steps:
-            continue
-        ok = (reader.steps[idx] == steps) & ((reader.has()[idx] & schema.HAS_LOSS) != 0)
-        loss = reader.loss()[idx]
-        ok &= np.isfinite(loss)
+        idx = rows_for(reader.steps, steps)
+        loss = take(reader.loss(), idx, np.nan)
+        ok = ((take(reader.has(), idx, 0) & schema.HAS_LOSS) != 0) & np.isfinite(loss)
         total[ok] += loss[ok]
         count[ok] += 1
     with np.errstate(invalid="ignore"):

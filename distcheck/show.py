@@ -25,6 +25,7 @@ from distcheck.exits import ExitCode, UsageError
 from distcheck.findings import name_list
 from distcheck.replicas import Source
 from distcheck.store import schema
+from distcheck.steps import rows_for
 
 
 def show(run_dirs: list[str], series: Optional[str] = None, stat: str = "l2", output: Optional[str] = None) -> int:
@@ -90,7 +91,7 @@ def _csv(run: Run, series: str, stat: str) -> str:
     steps = np.unique(np.concatenate([s for s, _ in columns.values()])) if columns else np.zeros(0, np.int64)
     table = np.full((len(steps), len(columns)), np.nan)
     for k, (s, v) in enumerate(columns.values()):
-        table[np.searchsorted(steps, s), k] = v
+        table[rows_for(steps, s), k] = v
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["step", *(f"rank_{r}" for r in columns)])

@@ -20,6 +20,7 @@ from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, name_list
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo
+from distcheck.steps import rows_for, take
 from distcheck.vote import outlier_mask
 
 BLOCK = schema.BLOCK
@@ -79,13 +80,13 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
         "buffer": _Tracker("buffer", np.flatnonzero(~trainable), members),
         "grad": _Tracker("grad", np.flatnonzero(with_grad), members),
     }
-    rows = [_rows_for(r.steps, steps) for r in readers]  # row index of each union step, -1 if absent
-    has = np.stack([_take(r.has(), idx, 0) for r, idx in zip(readers, rows)])  # (R, T)
+    rows = [rows_for(r.steps, steps) for r in readers]  # row index of each union step, -1 if absent
+    has = np.stack([take(r.has(), idx, 0) for r, idx in zip(readers, rows)])  # (R, T)
     present = {
         "param": has & schema.HAS_PARAMS != 0,
         "grad": has & schema.HAS_GRADS != 0,
     }
-    calm = {kind: _rollups_agree(np.stack([_take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)]),
+    calm = {kind: _rollups_agree(np.stack([take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)]),
                                  present[kind]) for kind in schema.KINDS}
     prev_step: Optional[int] = None
     for start in range(0, len(steps), BLOCK):
@@ -159,20 +160,6 @@ def describe(run: Run, members: list[int], params: list[ParamInfo], cols: dict[i
         if not e.has_majority and e.stage in ("init", "param"):
             e.blocks = _blocks(run, members, cols, e)
     return episodes
-
-
-def _rows_for(rank_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(rank_steps, steps)
-    idx = np.minimum(idx, max(len(rank_steps) - 1, 0))
-    found = (len(rank_steps) > 0) & (rank_steps[idx] == steps) if len(rank_steps) else np.zeros(len(steps), bool)
-    return np.where(found, idx, -1)
-
-
-def _take(series: np.ndarray, idx: np.ndarray, fill) -> np.ndarray:
-    out = np.full((len(idx), *series.shape[1:]), fill, dtype=series.dtype)
-    ok = idx >= 0
-    out[ok] = series[idx[ok]]
-    return out
 
 
 def _rollups_agree(rollups: np.ndarray, present: np.ndarray) -> np.ndarray:

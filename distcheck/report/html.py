@@ -27,6 +27,7 @@ from distcheck.exits import UsageError
 from distcheck.findings import Severity, name_list
 from distcheck.report.verdict import verdict
 from distcheck.store import schema
+from distcheck.steps import rows_for, take
 from distcheck.vote import outlier_mask
 
 MAX_POINTS = 2000
@@ -124,10 +125,9 @@ def _agreement(run: Run) -> Optional[tuple[np.ndarray, np.ndarray, list[int]]]:
     present = np.zeros((len(ranks), len(steps)), bool)
     for k, r in enumerate(ranks):
         reader = run.readers[r]
-        idx = np.searchsorted(reader.steps, steps)
-        ok = (idx < len(reader.steps)) & (reader.steps[np.minimum(idx, len(reader.steps) - 1)] == steps)
-        has = reader.has()[idx[ok]]
-        ok_rows = np.flatnonzero(ok)[(has & schema.HAS_PARAMS) != 0]
+        idx = rows_for(reader.steps, steps)
+        has = take(reader.has(), idx, 0)
+        ok_rows = np.flatnonzero((has & schema.HAS_PARAMS) != 0)
         rows = idx[ok_rows]
         rollups[k, ok_rows] = reader.rollups("param")[rows]
         present[k, ok_rows] = True
