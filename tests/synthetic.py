@@ -84,6 +84,9 @@ def _train(world, path, bug, bug_rank, steps, every, full_steps, parallel_mode):
             params[i] = params[i] - lr * grads[i]
         if bug == "nudge" and me == bug_rank and step == 5:
             params[2] = params[2] + np.float32(1e-3)
+        if bug == "bitflip" and me == bug_rank and step == 5:
+            # The highest exponent bit of the element nearest zero: it becomes huge, not Inf.
+            params[2].reshape(-1).view(np.uint32)[np.argmin(np.abs(params[2]))] ^= np.uint32(1 << 30)
         params[3] = params[3] + (np.float32(me) if bug == "bn" else np.float32(0.1))
         loss = float(np.abs(batches[me]).mean())
         if bug == "nan" and ((me == bug_rank and step >= 4) or step >= 5):

@@ -59,6 +59,22 @@ def test_full_tensors_give_the_size_of_the_divergence(tmp_path):
     make_run(str(tmp_path), "nudge", full_steps=(5,))
     (f,) = _findings(tmp_path)
     assert "max |diff| 0.001" in f.message
+    (kind,) = f.detail["difference"]
+    assert (kind["kind"], kind["exact"], kind["rank"]) == ("offset", True, f.ranks[0])
+    assert "software cause" in f.message
+
+
+def test_a_flipped_bit_is_named_exactly_from_kept_tensors_and_inferred_without(tmp_path):
+    make_run(str(tmp_path / "kept"), "bitflip", full_steps=(5,))
+    (f,) = _findings(tmp_path / "kept")
+    (kind,) = f.detail["difference"]
+    assert (f.code, f.step, kind["kind"], kind["bit"], kind["field"], kind["differing"]) == \
+        ("param_divergence", 5, "bit_flip", 30, "exponent", 1)
+    assert "silent data corruption" in f.message and "MS_NPU_ASD_CONFIG" in f.message
+    make_run(str(tmp_path / "stats"), "bitflip")
+    (f,) = _findings(tmp_path / "stats")
+    (kind,) = f.detail["difference"]
+    assert (kind["kind"], kind["exact"]) == ("few_elements", False) and "Inferred" in f.message
 
 
 def test_a_missing_rank_file_is_reported_and_the_rest_analysed(tmp_path):

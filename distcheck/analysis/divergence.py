@@ -11,11 +11,12 @@ Blocks of steps whose rollups agree on every rank are never read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
+from distcheck.analysis.difference import Difference, compare_tensors, infer_from_stats
 from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, name_list
 from distcheck.store import schema
@@ -36,6 +37,7 @@ class Episode:
     has_majority: bool
     grads_differed: Optional[bool] = None  # param episodes: did the same step's gradients differ?
     magnitude: list[str] = field(default_factory=list)
+    differences: list[tuple[str, int, Difference]] = field(default_factory=list)  # (param, rank, kind)
     blocks: list[list[int]] = field(default_factory=list)  # no majority: ranks that agree among themselves
 
 
@@ -209,21 +211,26 @@ def _magnitude(run: Run, members: list[int], params: list[ParamInfo], cols: dict
             mine_col, ref_col = int(cols[rank][col]), int(cols[ref.rank][col])
             mine, theirs = reader.full(kind, e.step, mine_col), ref.full(kind, e.step, ref_col)
             if mine is not None and theirs is not None and mine.shape == theirs.shape:
-                diff = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
-                notes.append(f"{name}: max |diff| {np.nanmax(diff):.3g} between rank {rank} and rank {ref.rank}")
+                difference = compare_tensors(mine, theirs, params[col].dtype)
+                if difference is not None:
+                    e.differences.append((name, rank, difference))
+                    notes.append(f"{name}: max |diff| {difference.max_abs:.3g} between rank {rank} and rank "
+                                 f"{ref.rank}")
                 continue
-            l2_mine, l2_ref = _l2(reader, kind, e.step, mine_col), _l2(ref, kind, e.step, ref_col)
-            if l2_mine is not None and l2_ref is not None:
-                notes.append(f"{name}: L2 norm {l2_mine:.6g} on rank {rank}, {l2_ref:.6g} on rank {ref.rank}")
+            row_mine, row_ref = _stats(reader, kind, e.step, mine_col), _stats(ref, kind, e.step, ref_col)
+            if row_mine is not None and row_ref is not None:
+                e.differences.append((name, rank, infer_from_stats(row_mine, row_ref, params[col].size)))
+                notes.append(f"{name}: L2 norm {row_mine[3]:.6g} on rank {rank}, {row_ref[3]:.6g} on rank "
+                             f"{ref.rank}")
     return notes
 
 
-def _l2(reader, kind: str, step: int, col: int) -> Optional[float]:
+def _stats(reader, kind: str, step: int, col: int) -> Optional[np.ndarray]:
     where = np.flatnonzero(reader.steps == step)
     if not len(where):
         return None
     i = int(where[0])
-    return float(reader.stats(kind, i, i + 1)[0, col, 3])
+    return reader.stats(kind, i, i + 1)[0, col].astype(np.float64)
 
 
 # -- findings -------------------------------------------------------------------
@@ -235,7 +242,7 @@ def episode_findings(episodes: list[Episode], params: list[ParamInfo], group: st
     counts: dict[str, int] = {}
     grad_episodes = [e for e in episodes if e.stage == "grad"]
     for e in episodes:
-        finding = _finding(e, params, group, group_size, parallel_mode, grad_episodes)
+        finding = _with_difference(_finding(e, params, group, group_size, parallel_mode, grad_episodes), e)
         counts[finding.code] = counts.get(finding.code, 0) + 1
         if counts[finding.code] <= limit:
             findings.append(finding)
@@ -284,6 +291,18 @@ def _finding(e: Episode, params: list[ParamInfo], group: str, group_size: int, p
     message = f"Parameters agreed before and differ {where}: {who} in {name_list(names)}. {why}{extra}"
     return Finding("param_divergence", Severity.ERROR, "param", e.step, tuple(e.ranks), names, message,
                    caused_by=caused_by)
+
+
+def _with_difference(finding: Finding, e: Episode) -> Finding:
+    """Say what kind of difference the episode is (a flipped bit or a software cause)."""
+    if not e.differences:
+        return finding
+    kinds = [f"{name} on rank {rank}: {d.describe()}" for name, rank, d in e.differences[:2]]
+    advice = next((d.advice() for _, _, d in e.differences if d.hardware_suspect), e.differences[0][2].advice())
+    text = " Kind of difference: " + " ".join(kinds) + (f" {advice}" if advice else "")
+    detail = {**finding.detail, "difference": [{"param": name, "rank": rank, **d.to_json()}
+                                                for name, rank, d in e.differences]}
+    return replace(finding, message=finding.message + text, detail=detail)
 
 
 def _who(e: Episode, group: str) -> str:
