@@ -6,10 +6,19 @@
  * block is still in the core's cache: memory is read once.
  *
  * Each kernel keeps LANES partial results and updates them element-wise, so that the
- * compiler turns the inner loop into SIMD code without reordering any sum: the same
- * machine code gives the same bits on every rank. Comparisons are written as selects
- * (`v < lo ? v : lo`), which is what MINPS does, and skip NaN; the sums carry NaN and
- * Inf through, which is how the caller learns of them.
+ * compiler turns the inner loop into SIMD code without reordering any sum. It is built
+ * with -ffp-contract=off (setup.py), so `square += x * x` is a multiply and an add, never
+ * a fused multiply-add: every operation is one IEEE operation in the order written, and
+ * the statistics are the same bits wherever this source is compiled, whatever the SIMD
+ * width (x86-64 and AArch64; a test checks them against numpy). Comparisons are written
+ * as selects (`v < lo ? v : lo`), which is what MINPS does, and skip NaN; the sums carry
+ * NaN and Inf through, which is how the caller learns of them.
+ *
+ * On x86-64 Linux the four entry points are cloned for the baseline CPU, x86-64-v3 (AVX2)
+ * and x86-64-v4 (AVX-512); the loader picks the clone this CPU supports when the library
+ * is loaded, so a library built on one machine runs on any other x86-64 machine, and
+ * every clone gives the same bits. setup.py retries with DISTCHECK_NO_CLONES where the
+ * compiler or the C library cannot clone (no ifunc, as with musl).
  *
  * out[0..4] = min, max, sum, sum of squares, and (the *_keep kernels) the sum of squares
  * of `values - kept`, after which `kept` holds `values`.
@@ -24,12 +33,25 @@
 #define XXH_INLINE_ALL
 #include "xxhash/xxhash.h"
 
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(DISTCHECK_NO_CLONES)
+#define ENTRY __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define ENTRY
+#endif
+
+/* The key of the sources this library was built from (setup.py passes it); the loader
+ * refuses a library built from other sources than the fused.c beside it. */
+#ifndef DISTCHECK_FUSED_SOURCE
+#define DISTCHECK_FUSED_SOURCE "unknown"
+#endif
+const char *fused_source(void) { return DISTCHECK_FUSED_SOURCE; }
+
 #define LANES 64
 #define BLOCK_BYTES 16384 /* fits L1 with room to spare; a multiple of LANES elements */
 
 /* T: the element as stored; A: the type lanes accumulate in; LOAD: element to A. */
 #define KERNELS(T, A, NAME, LOAD)                                                     \
-    void NAME##_summary(const T *values, size_t n, double *out) {                   \
+    static inline void NAME##_summary(const T *values, size_t n, double *out) {     \
         A lo[LANES], hi[LANES], total[LANES], square[LANES];                        \
         A first = LOAD(values[0]);                                                  \
         for (int k = 0; k < LANES; k++) {                                           \
@@ -58,7 +80,8 @@
         out[0] = a; out[1] = b; out[2] = s; out[3] = q;                             \
     }                                                                               \
                                                                                     \
-    void NAME##_summary_keep(const T *values, T *kept, size_t n, double *out) {     \
+    static inline void NAME##_summary_keep(const T *values, T *kept, size_t n,      \
+                                           double *out) {                          \
         A lo[LANES], hi[LANES], total[LANES], square[LANES], change[LANES];         \
         A first = LOAD(values[0]);                                                  \
         for (int k = 0; k < LANES; k++) {                                           \
@@ -98,8 +121,8 @@
 /* The xxh3-128 digest (out_digest[0] low, [1] high) and the statistics of `values`, and
  * with `kept` the change against it (then `kept` holds `values`), reading `values` once. */
 #define DIGEST_KERNELS(T, NAME)                                                       \
-    void NAME##_digest_summary(const T *values, T *kept, size_t n, double *out,      \
-                               uint64_t *out_digest) {                               \
+    ENTRY void NAME##_digest_summary(const T *values, T *kept, size_t n,            \
+                                     double *out, uint64_t *out_digest) {           \
         XXH3_state_t state;                                                         \
         XXH3_128bits_reset(&state);                                                 \
         const size_t block = BLOCK_BYTES / sizeof(T);                               \

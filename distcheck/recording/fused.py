@@ -9,14 +9,16 @@ for a parameter they also compare it with the kept copy and overwrite that copy.
 is read once. The digest is the xxhash package's ``xxh3_128_intdigest``, bit for bit (a
 test checks it).
 
-The C file is compiled on first use with the system's C compiler (``cc``, or ``$CC``)
-into a cache directory (:func:`cache_dirs`: ``$DISTCHECK_CACHE``, else
-``~/.cache/distcheck``, else one in the temporary directory), keyed by the sources, the
-compiler and the CPU, and loaded with ctypes: no import cost, no memory beyond the
-library's few kilobytes. Ranks that start together may each compile; the library is
-moved into place atomically. Without a compiler, or where compiling fails, every tensor
-takes the numpy path (:func:`distcheck.digest.digest` and
-:func:`distcheck.digest.stats`): the same digests and statistics, slower.
+The C file is compiled when distcheck is installed (``setup.py``: an optional extension,
+``distcheck/recording/_fused*.so``, for an editable install as for any other) and loaded
+here with ctypes from the package's own directory, and from nowhere else: nothing is
+compiled at run time, and nothing is loaded from a directory another user can write.
+No import cost, no memory beyond the library's few kilobytes. The library records the
+sources it was built from; one built from another ``fused.c`` than the one beside it is
+refused (reinstall to rebuild it). Where it was not built (no C compiler at install
+time), every tensor takes the numpy path (:func:`distcheck.digest.digest` and
+:func:`distcheck.digest.stats`): the same digests and statistics, slower, and the
+recorder logs :func:`why_not` once.
 
 Contiguous float32, float64, float16 and bfloat16 tensors take this path (float16 and
 bfloat16 widened to float32, as the numpy path does); integers and strided arrays do not.
@@ -29,18 +31,17 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
+import sysconfig
 import threading
 from typing import Callable, Optional
 
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(_HERE, "fused.c")
-_HEADER = os.path.join(_HERE, "xxhash", "xxhash.h")
+#: The sources, installed beside the library; setup.py's ``source_key`` hashes the same two.
+SOURCES = (os.path.join(_HERE, "fused.c"), os.path.join(_HERE, "xxhash", "xxhash.h"))
+#: The library built at install time, with the suffix setuptools gives extensions.
+LIBRARY = os.path.join(_HERE, "_fused" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 #: Kernels by element dtype; bfloat16 arrives as its uint16 bits and is told by name.
 _NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
 _BF16 = "bf16"
@@ -53,95 +54,58 @@ _why_not = ""
 _lock = threading.Lock()
 
 
-def cache_dirs() -> list[str]:
-    """Where the library is built, in order: ``$DISTCHECK_CACHE``, else the user's cache
-    (``$XDG_CACHE_HOME/distcheck`` or ``~/.cache/distcheck``), then a directory of this
-    user's in the temporary directory, for compute nodes whose home is read-only."""
-    configured = os.environ.get("DISTCHECK_CACHE")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = getattr(os, "getuid", lambda: "user")()
-    return [configured or os.path.join(base, "distcheck"), os.path.join(tempfile.gettempdir(), f"distcheck-{user}")]
-
-
-def _cpu_flags() -> str:
+def source_key() -> Optional[str]:
+    """sha256 (16 hex digits) of the installed ``fused.c`` and xxHash header, as setup.py
+    records it in the library; None where the sources are not installed."""
+    digest = hashlib.sha256()
     try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line for line in fh if line.startswith(("flags", "Features"))), "")
+        for path in SOURCES:
+            with open(path, "rb") as fh:
+                digest.update(fh.read())
     except OSError:
-        return ""
+        return None
+    return digest.hexdigest()[:16]
 
 
-def _compiler() -> Optional[list[str]]:
-    configured = os.environ.get("CC")
-    if configured:
-        return configured.split()
-    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    return [found] if found else None
-
-
-def _build(compiler: list[str]) -> str:
-    """The path of the compiled library, compiling it if this key has none yet."""
-    source = b""
-    for path in (SOURCE, _HEADER):
-        with open(path, "rb") as fh:
-            source += fh.read()
-    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([source, version.encode(), _cpu_flags().encode(),
-                                     platform.machine().encode()])).hexdigest()[:16]
-    for directory in cache_dirs():
-        built = os.path.join(directory, f"fused-{key}.so")
-        if os.path.exists(built):
-            return built
-    failures = []
-    for directory in cache_dirs():
-        try:
-            os.makedirs(directory, exist_ok=True)
-            return _compile(compiler, os.path.join(directory, f"fused-{key}.so"))
-        except OSError as exc:  # not writable: the next directory
-            failures.append(f"{directory}: {exc.strerror or exc}")
-    raise RuntimeError(f"no writable cache directory ({'; '.join(failures)})")
-
-
-def _compile(compiler: list[str], target: str) -> str:
-    handle, partial = tempfile.mkstemp(prefix="fused-", suffix=".so.tmp", dir=os.path.dirname(target))
-    os.close(handle)
-    try:
-        for flags in (["-O3", "-march=native"], ["-O3"]):  # -march=native: clang on some CPUs lacks it
-            done = subprocess.run([*compiler, *flags, "-shared", "-fPIC", "-o", partial, SOURCE],
-                                  capture_output=True, text=True, timeout=120)
-            if done.returncode == 0:
-                os.replace(partial, target)
-                return target
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+def _load(path: str) -> ctypes.CDLL:
+    """The library at ``path`` with its kernels bound; ValueError if it was built from
+    other sources than the installed ones."""
+    lib = ctypes.CDLL(path)
+    lib.fused_source.restype = ctypes.c_char_p
+    built_from = lib.fused_source().decode()
+    expected = source_key()
+    if expected is not None and built_from != expected:
+        raise ValueError(f"{path} was built from another fused.c ({built_from}, not {expected}); "
+                         "reinstall distcheck (pip install -e . in a checkout) to rebuild it")
+    for name in (*_NAMES.values(), _BF16):
+        kernel = getattr(lib, f"{name}_digest_summary")
+        kernel.argtypes = [_POINTER, _POINTER, ctypes.c_size_t, _POINTER, _POINTER]
+        kernel.restype = None
+        _kernels[name] = kernel
+    return lib
 
 
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled kernels, or None (then :func:`why_not` says why). Built or loaded once
-    per process."""
+    """The kernels built at install time, or None (then :func:`why_not` says why). Loaded
+    once per process, from :data:`LIBRARY` only."""
     global _library, _tried, _why_not
     with _lock:
         if not _tried:
             _tried = True
-            compiler = _compiler()
-            if compiler is None:
-                _why_not = "no C compiler (cc) found"
+            if not os.path.isfile(LIBRARY):
+                _why_not = (f"the one-pass kernel was not built when distcheck was installed (no C compiler "
+                            f"then?): no {os.path.basename(LIBRARY)}; reinstalling where `cc` works builds it")
                 return None
             try:
-                lib = ctypes.CDLL(_build(compiler))
-                for name in (*_NAMES.values(), _BF16):
-                    kernel = getattr(lib, f"{name}_digest_summary")
-                    kernel.argtypes = [_POINTER, _POINTER, ctypes.c_size_t, _POINTER, _POINTER]
-                    _kernels[name] = kernel
-                _library = lib
-            except Exception as exc:  # the numpy path still works
-                _why_not = f"cannot build {SOURCE}: {type(exc).__name__}: {exc}"
+                _library = _load(LIBRARY)
+            except (OSError, AttributeError, ValueError) as exc:  # the numpy path still works
+                _kernels.clear()
+                _why_not = f"cannot load the one-pass kernel: {exc}"
         return _library
 
 
 def why_not() -> str:
+    """Why :func:`library` is None, in one line ("" while it is not)."""
     return _why_not
 
 
