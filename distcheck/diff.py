@@ -1,17 +1,23 @@
-"""``distcheck diff RUN_A RUN_B``: where two runs part, step by step, within tolerances.
+"""``distcheck diff REFERENCE RUN``: where a run parts from its reference, and what kind of difference it is.
 
-For the same model on 1 device and on 8, before and after a code change, or two ports of
-one model: runs of different world sizes rarely agree bit for bit, so values are
-compared against tolerances, ``|a - b| <= atol + rtol * |b|``:
+For the same model on 1 device and on N ranks (or another layout), before and after a
+change, or two ports of one model. The comparison, in the report's order:
 
-- the loss (the mean over ranks at each step);
-- the global gradient norm, and each parameter's gradient L2 norm;
-- each parameter's L2 norm, mean and update norm.
+1. comparability (notes first): the parameters both hold alike (names, shapes, dtypes;
+   sharded parameters rebuilt whole), the steps both recorded (runs recorded with
+   different ``--every`` are aligned on the steps both have), and the global batch at the
+   first step (:mod:`distcheck.reference.batches`): ``diff_structure``, ``diff_batch``;
+2. what kind of difference: one factor in every gradient (``diff_factor``,
+   :mod:`distcheck.reference.factors`), BatchNorm over local batches
+   (``diff_batchnorm``, :mod:`distcheck.reference.batchnorm`);
+3. where the runs part beyond the envelope of rounding noise
+   (:mod:`distcheck.reference.envelope`; measured from a noise run with ``noise``, a
+   default per dtype without, fixed with ``rtol``/``atol``): the loss (mean over ranks),
+   each gradient's L2 norm, each parameter's L2 norm, mean and update norm:
+   ``diff_loss``, ``diff_grad``, ``diff_param``, linked to the finding of step 2 that
+   explains them. A drift within the envelope is a note, never a finding.
 
-Parameters and gradients are read from each run's lowest rank (a data-parallel replica
-holds them whole). Only steps recorded in both runs are compared. The findings say at
-which step the runs first part and which parameters part first; they go through the same
-reports and exit codes as ``analyze``.
+The findings go through the same reports and exit codes as ``analyze``.
 """
 from __future__ import annotations
 
@@ -20,118 +26,264 @@ from typing import Optional
 import numpy as np
 
 from distcheck.analysis import Analysis
-from distcheck.analysis.run import Run, load_run
-from distcheck.findings import Finding, Severity, name_list
+from distcheck.analysis.run import InputError, Run, load_run
+from distcheck.findings import Finding, Note, name_list
+from distcheck.reference import envelope as env
+from distcheck.reference.batches import compare_batches
+from distcheck.reference.batchnorm import explains as batchnorm_explains
+from distcheck.reference.factors import describe as describe_factor
+from distcheck.reference.factors import find_factor
+from distcheck.reference.sides import Side, SideError, load_side
 from distcheck.rules.registry import finding
 from distcheck.store import schema
-from distcheck.steps import rows_for, take
 
 _L2, _MEAN, _DELTA = (schema.STAT_COLUMNS.index(c) for c in ("l2", "mean", "delta_l2"))
+_PARAM_STATS = ((_L2, "L2 norm"), (_MEAN, "mean"), (_DELTA, "update norm"))
 
 
-def diff(run_a: str, run_b: str, rtol: float = 1e-3, atol: float = 1e-6) -> Analysis:
-    a, b = load_run([run_a]), load_run([run_b])
+def diff(run_a: str, run_b: str, rtol: Optional[float] = None, atol: Optional[float] = None,
+         noise: Optional[str] = None, rank_a: Optional[int] = None, rank_b: Optional[int] = None,
+         rename: Optional[dict[str, str]] = None) -> Analysis:
+    """Compare ``run_b`` with the reference ``run_a``. ``noise``: a noise run of the
+    reference (``launch --perturb``) for a measured envelope; ``rtol``/``atol``: a fixed
+    tolerance instead; ``rank_a``/``rank_b``: the rank that speaks for each run's
+    replicated parameters; ``rename``: reference name -> run name, for parameters named
+    differently."""
+    runs = [load_run([run_a]), load_run([run_b])] + ([load_run([noise])] if noise else [])
     try:
+        errors = [e for r in runs for e in r.errors]
         findings: list[Finding] = []
-        errors = [*a.errors, *b.errors]
-        if a.readers and b.readers:
-            findings = _compare(a, b, rtol, atol)
-        summary = {"dirs": [run_a, run_b], "kind": "diff", "world_size": max(a.world_size, b.world_size),
-                   "ranks_found": sorted(set(a.ranks) | set(b.ranks)) if a.readers and b.readers else [],
-                   "parallel_mode": a.meta("parallel_mode"), "rtol": rtol, "atol": atol,
-                   "ranks": {}, "runs": [_side(a), _side(b)]}
-        return Analysis(summary, findings, errors, [])
+        notes: list[Note] = []
+        tolerance = "none"
+        if all(r.readers for r in runs):
+            try:
+                inverse = {v: k for k, v in (rename or {}).items()}
+                ref, run = load_side(runs[0], rank_a), load_side(runs[1], rank_b, rename=inverse)
+                noise_side = load_side(runs[2]) if noise else None
+            except SideError as exc:
+                errors.append(InputError(str(exc).split(":")[0], str(exc)))
+            else:
+                findings, notes, tolerance = compare(ref, run, noise_side, rtol, atol)
+        summary = {"dirs": [run_a, run_b], "kind": "diff",
+                   "world_size": max(runs[0].world_size, runs[1].world_size),
+                   "ranks_found": sorted(set(runs[0].ranks) | set(runs[1].ranks))
+                   if runs[0].readers and runs[1].readers else [],
+                   "parallel_mode": runs[0].meta("parallel_mode"), "tolerance": tolerance,
+                   "ranks": {}, "runs": [_describe(runs[0]), _describe(runs[1])]}
+        if rtol is not None or atol is not None:
+            summary.update(rtol=rtol or 0.0, atol=atol or 0.0)
+        return Analysis(summary, findings, errors, notes)
     finally:
-        a.close()
-        b.close()
+        for r in runs:
+            r.close()
 
 
-def _side(run: Run) -> dict:
+def _describe(run: Run) -> dict:
     steps = [int(r.steps[-1]) for r in run.readers.values() if r.n_steps]
     return {"dir": run.dirs[0], "world_size": run.world_size, "ranks_found": run.ranks,
             "last_step": max(steps) if steps else None}
 
 
-def _compare(a: Run, b: Run, rtol: float, atol: float) -> list[Finding]:
-    ra, rb = a.readers[a.ranks[0]], b.readers[b.ranks[0]]
-    findings = []
-    table_a = {p.name: (i, p) for i, p in enumerate(ra.params)}
-    table_b = {p.name: (i, p) for i, p in enumerate(rb.params)}
-    same = [n for n in table_a if n in table_b and (table_a[n][1].shape, table_a[n][1].dtype) ==
-            (table_b[n][1].shape, table_b[n][1].dtype)]
-    odd = sorted(set(table_a) ^ set(table_b) | {n for n in table_a if n in table_b and n not in same})
+def compare(ref: Side, run: Side, noise: Optional[Side], rtol: Optional[float], atol: Optional[float]
+            ) -> tuple[list[Finding], list[Note], str]:
+    """Findings, notes (comparability first) and a description of the tolerance used."""
+    findings: list[Finding] = []
+    notes: list[Note] = []
+    same, odd = _alike(ref, run)
+    steps, i_ref, i_run = np.intersect1d(ref.steps, run.steps, return_indices=True)
+    notes.append(Note("diff_comparable", (), _comparability(ref, run, same, odd, steps)))
     if odd:
         findings.append(finding("diff_structure", None, [], odd,
                                 f"{len(odd)} parameter(s) are not held alike by both runs: {name_list(odd)}. "
                                 "They were left out of the comparison."))
-    steps, ia, ib = np.intersect1d(ra.steps, rb.steps, return_indices=True)
     if not len(steps):
-        return findings
-    close = _close(rtol, atol)
-    loss_a, loss_b = _mean_loss(a, steps), _mean_loss(b, steps)
-    bad = ~close(loss_a, loss_b) & np.isfinite(loss_a) & np.isfinite(loss_b)
-    if bad.any():
-        i = int(np.argmax(bad))
-        findings.append(finding("diff_loss", int(steps[i]), [], [],
-                                f"The losses part at step {int(steps[i])}: {loss_a[i]:.6g} in {a.dirs[0]}, "
-                                f"{loss_b[i]:.6g} in {b.dirs[0]} (mean over ranks; rtol {rtol:g}, atol {atol:g})."))
-    cols_a = np.array([table_a[n][0] for n in same], int)
-    cols_b = np.array([table_b[n][0] for n in same], int)
-    for kind, code, stats in (("grad", "diff_grad", (_L2,)), ("param", "diff_param", (_L2, _MEAN, _DELTA))):
-        bit = schema.HAS_GRADS if kind == "grad" else schema.HAS_PARAMS
-        first = _first_parting(ra, rb, kind, bit, ia, ib, cols_a, cols_b, stats, close)
+        return findings, notes, "none"
+    batch = compare_batches(ref, run)
+    notes.append(Note("diff_batch", (), f"Global batch: {batch.message}" if batch.same is not False
+                      else "Global batch: differs (see diff_batch)."))
+    root: Optional[Finding] = None
+    if batch.same is False:
+        root = finding("diff_batch", batch.step, [], [], batch.message[0].upper() + batch.message[1:])
+        findings.append(root)
+    cols_ref = np.array([ref.index(n) for n in same], int)
+    cols_run = np.array([run.index(n) for n in same], int)
+    series = _series(ref, run, noise, i_ref, i_run, cols_ref, cols_run, steps)
+    bounds, tolerance = _bounds(series, ref, cols_ref, steps, noise, rtol, atol)
+    if noise is not None and noise.meta.get("perturbed") is None:
+        notes.append(Note("diff_envelope", (), f"{noise.dir} was not recorded with --perturb: its drift from "
+                          "the reference is whatever else differs between the runs (if nothing, only the "
+                          "floor of 64 ulps remains)."))
+    notes.append(Note("diff_envelope", (), f"Tolerance: {tolerance}."))
+    factor = find_factor(steps, series["grad l2"][0], series["grad l2"][1], series["loss"][0], series["loss"][1])
+    if factor is not None and root is None:
+        root = finding("diff_factor", factor.step, [], same,
+                       describe_factor(factor, len(ref.data_ranks), len(run.data_ranks),
+                                       run.meta.get("gradients_mean")),
+                       detail={"factor": factor.value, "loss_ratio": factor.loss_ratio})
+        findings.append(root)
+    partings = _partings(series, bounds, steps, same)
+    if partings and root is None:
+        why = batchnorm_explains(ref, run)
+        if why is not None:
+            root = finding("diff_batchnorm", min(f.step for f in partings), [], [], why)
+            findings.append(root)
+    if root is not None:
+        partings = [_caused_by(f, root) for f in partings]
+    findings.extend(partings)
+    drift = _drift_start(series, bounds, steps)
+    first_error = min((f.step for f in partings), default=None)
+    if drift is not None and (first_error is None or drift < first_error):
+        notes.append(Note("diff_drift", (), f"The runs drift apart by rounding from step {drift}, within the "
+                          f"{'measured ' if noise is not None else ''}envelope"
+                          f"{' until step ' + str(first_error) if first_error is not None else ''}."))
+    return findings, notes, tolerance
+
+
+def _alike(ref: Side, run: Side) -> tuple[list[str], list[str]]:
+    """Parameters held alike (name, size or shape, dtype) by both, and the others."""
+    same = []
+    for i, name in enumerate(ref.names):
+        if name not in run.names:
+            continue
+        j = run.index(name)
+        shape_ok = (ref.sizes[i] == run.sizes[j] if name in ref.sharded or name in run.sharded
+                    else ref.shapes[i] == run.shapes[j])
+        if shape_ok and ref.dtypes[i] == run.dtypes[j]:
+            same.append(name)
+    odd = sorted((set(ref.names) | set(run.names)) - set(same))
+    return same, odd
+
+
+def _comparability(ref: Side, run: Side, same: list[str], odd: list[str], steps: np.ndarray) -> str:
+    held = (f"the same {len(same)} parameter(s), shapes and dtypes" if not odd else
+            f"{len(same)} parameter(s) alike, {len(odd)} not (diff_structure)")
+    if ref.sharded or run.sharded:
+        held += f"; rebuilt whole from shards: {name_list(sorted(set(ref.sharded) | set(run.sharded)))}"
+    if np.array_equal(ref.steps, run.steps):
+        recorded = f"both recorded the same {len(steps)} step(s) {_span(steps)}"
+    else:
+        recorded = (f"{ref.dir} recorded {len(ref.steps)} step(s) {_span(ref.steps)}, {run.dir} "
+                    f"{len(run.steps)} {_span(run.steps)}: compared on the {len(steps)} both recorded")
+    return (f"Comparable: {held}; {recorded}. Compared: rank {ref.rank} of {ref.dir} ({ref.world_size} rank(s)) "
+            f"with rank {run.rank} of {run.dir} ({run.world_size} rank(s)).")
+
+
+def _span(steps: np.ndarray) -> str:
+    return f"({int(steps[0])}..{int(steps[-1])})" if len(steps) else "(none)"
+
+
+def _series(ref: Side, run: Side, noise: Optional[Side], i_ref, i_run, cols_ref, cols_run, steps
+            ) -> dict[str, tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]]:
+    """Each judged series as (reference, run, noise or None, scale), steps first."""
+    def noise_rows(values: np.ndarray, cols: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        if noise is None:
+            return None
+        # The last noise row at or before each step: the envelope is monotone in step.
+        rows = np.searchsorted(noise.steps, steps, side="right") - 1
+        picked = values[np.maximum(rows, 0)]
+        if cols is not None:
+            picked = picked[:, cols]
+        picked = picked.astype(np.float64)
+        picked[rows < 0] = np.nan
+        return picked
+
+    noise_cols = None if noise is None else np.array([noise.index(ref.names[c]) for c in cols_ref], int)
+    ref_p, run_p = ref.params[i_ref][:, cols_ref], run.params[i_run][:, cols_run]
+    ref_g, run_g = ref.grads[i_ref][:, cols_ref], run.grads[i_run][:, cols_run]
+    sizes = np.array([ref.sizes[c] for c in cols_ref], np.float64)
+    rms = ref_p[..., _L2] / np.sqrt(np.maximum(sizes, 1))
+    out = {"loss": (ref.loss[i_ref], run.loss[i_run], noise_rows(noise.loss, None) if noise else None,
+                    np.abs(ref.loss[i_ref]))}
+    out["grad l2"] = (ref_g[..., _L2], run_g[..., _L2],
+                      noise_rows(noise.grads[..., _L2], noise_cols) if noise else None, np.abs(ref_g[..., _L2]))
+    for col, label in _PARAM_STATS:
+        scale = np.fmax(np.abs(ref_p[..., col]), rms) if col == _MEAN else np.abs(ref_p[..., col])
+        out[f"param {label}"] = (ref_p[..., col], run_p[..., col],
+                                 noise_rows(noise.params[..., col], noise_cols) if noise else None, scale)
+    return out
+
+
+def _bounds(series: dict, ref: Side, cols_ref: np.ndarray, steps: np.ndarray, noise: Optional[Side],
+            rtol: Optional[float], atol: Optional[float]) -> tuple[dict[str, env.Bounds], str]:
+    eps_params = np.array([env.epsilon(ref.dtypes[c]) for c in cols_ref]) if len(cols_ref) else np.array([])
+    eps_loss = float(np.max(eps_params)) if len(eps_params) else env.epsilon("float32")
+    out = {}
+    for key, (a, _, n, scale) in series.items():
+        eps = eps_loss if key == "loss" else eps_params
+        if rtol is not None or atol is not None:
+            out[key] = env.fixed(scale, rtol or 0.0, atol or 0.0)
+        elif n is not None:
+            out[key] = env.measured(a, n, scale, eps, pool_axis=None if key == "loss" else 1)
+        else:
+            out[key] = env.default(steps, scale, eps)
+    if rtol is not None or atol is not None:
+        return out, f"fixed, |a - b| <= {atol or 0:g} + {rtol or 0:g} x |reference|"
+    dtypes = sorted({ref.dtypes[c] for c in cols_ref}) or ["float32"]
+    if noise is not None:
+        return out, (f"measured from the noise run {noise.dir}: {env.SAFETY:g}x its running largest drift from "
+                     f"the reference, at least {env.FLOOR_ULPS} ulps ({', '.join(dtypes)})")
+    full = env.saturation_step(steps, eps_loss)
+    text = (f"the default for {', '.join(dtypes)} (no noise run): {env.FLOOR_ULPS} ulps at step 0, doubling every "
+            f"{env.DOUBLING_STEPS:g} steps")
+    if full is not None:
+        text += (f"; it reaches 100% at step {full}, so later steps are not judged. Record a noise run "
+                 "(distcheck launch --perturb) of the reference and pass it with --noise to judge them")
+    return out, text
+
+
+def _partings(series: dict, bounds: dict, steps: np.ndarray, same: list[str]) -> list[Finding]:
+    """diff_loss, diff_grad, diff_param at the first step each series is outside its envelope."""
+    out = []
+    ref, run, _, _ = series["loss"]
+    far = env.outside(ref, run, bounds["loss"])
+    if far.any():
+        k = int(np.argmax(far))
+        out.append(finding("diff_loss", int(steps[k]), [], [],
+                           f"The losses part at step {int(steps[k])}: {run[k]:.6g} against {ref[k]:.6g} in the "
+                           f"reference (mean over ranks), {_times(ref[k], run[k], bounds['loss'].allowed[k])}."))
+    for code, keys, noun in (("diff_grad", ("grad l2",), "gradients"),
+                             ("diff_param", tuple(f"param {label}" for _, label in _PARAM_STATS), "parameters")):
+        first = None
+        for key in keys:
+            ref, run, _, _ = series[key]
+            far = env.outside(ref, run, bounds[key])
+            rows = np.flatnonzero(far.any(axis=1))
+            if len(rows) and (first is None or rows[0] < first[0]):
+                first = (int(rows[0]), key, far[rows[0]])
         if first is None:
             continue
-        k, columns, worst = first
-        names = [same[c] for c in columns]
-        findings.append(finding(code, int(steps[k]), [], names,
-                                f"The {'gradients' if kind == 'grad' else 'parameters'} part at step {int(steps[k])} "
-                                f"in {len(names)} parameter(s), first {name_list(names)}: {worst} "
-                                f"(rtol {rtol:g}, atol {atol:g}). Compared: rank {ra.rank} of {a.dirs[0]} with "
-                                f"rank {rb.rank} of {b.dirs[0]}."))
-    return findings
+        k, key, columns = first
+        ref, run, _, _ = series[key]
+        names = [same[c] for c in np.flatnonzero(columns)]
+        c = int(np.flatnonzero(columns)[0])
+        what = "gradient L2 norm" if key == "grad l2" else key.split(" ", 1)[1]
+        out.append(finding(code, int(steps[k]), [], names,
+                           f"The {noun} part at step {int(steps[k])} in {len(names)} parameter(s), first "
+                           f"{name_list(names)}: {what} {run[k, c]:.6g} against {ref[k, c]:.6g} in the reference, "
+                           f"{_times(ref[k, c], run[k, c], bounds[key].allowed[k, c])}."))
+    return out
 
 
-def _close(rtol: float, atol: float):
-    def close(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _times(ref: float, run: float, allowed: float) -> str:
+    diff = abs(run - ref)
+    if allowed > 0:
+        return f"a difference of {diff:.3g}, {diff / allowed:.3g}x the envelope ({allowed:.3g})"
+    return f"a difference of {diff:.3g} where none is allowed"
+
+
+def _drift_start(series: dict, bounds: dict, steps: np.ndarray) -> Optional[int]:
+    """The first step where the runs differ beyond the floor of rounding, in any series."""
+    first = None
+    for key, (ref, run, _, _) in series.items():
         with np.errstate(invalid="ignore"):
-            return (np.abs(x - y) <= atol + rtol * np.abs(y)) | (np.isnan(x) & np.isnan(y)) | (x == y)
-    return close
+            beyond = np.abs(np.asarray(run, np.float64) - ref) > bounds[key].floor
+        rows = np.flatnonzero(beyond.reshape(len(steps), -1).any(axis=1))
+        if len(rows) and (first is None or rows[0] < first):
+            first = int(rows[0])
+    return int(steps[first]) if first is not None else None
 
 
-def _mean_loss(run: Run, steps: np.ndarray) -> np.ndarray:
-    total = np.zeros(len(steps))
-    count = np.zeros(len(steps))
-    for reader in run.readers.values():
-        idx = rows_for(reader.steps, steps)
-        loss = take(reader.loss(), idx, np.nan)
-        ok = ((take(reader.has(), idx, 0) & schema.HAS_LOSS) != 0) & np.isfinite(loss)
-        total[ok] += loss[ok]
-        count[ok] += 1
-    with np.errstate(invalid="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+def _caused_by(f: Finding, root: Finding) -> Finding:
+    from dataclasses import replace
 
-
-def _first_parting(ra, rb, kind, bit, ia, ib, cols_a, cols_b, stats, close) -> Optional[tuple[int, list[int], str]]:
-    """(index into the common steps, parting columns, a description) of the first parting."""
-    has_a, has_b = ra.has()[ia], rb.has()[ib]
-    for start in range(0, len(ia), 1024):
-        sa = ra.stats(kind, int(ia[start]), int(ia[min(start + 1024, len(ia)) - 1]) + 1)
-        sb = rb.stats(kind, int(ib[start]), int(ib[min(start + 1024, len(ib)) - 1]) + 1)
-        ia_block = ia[start:start + 1024] - ia[start]
-        ib_block = ib[start:start + 1024] - ib[start]
-        for t in range(len(ia_block)):
-            k = start + t
-            if not (has_a[k] & bit and has_b[k] & bit):
-                continue
-            x = sa[ia_block[t]][cols_a][:, stats].astype(np.float64)
-            y = sb[ib_block[t]][cols_b][:, stats].astype(np.float64)
-            parted = ~close(x, y)
-            if kind == "param":  # an update norm known on one side only was not measured on the other
-                parted[:, -1] &= ~(np.isnan(x[:, -1]) | np.isnan(y[:, -1]))
-            if parted.any():
-                columns = [int(c) for c in np.flatnonzero(parted.any(axis=1))]
-                c, s = columns[0], int(np.flatnonzero(parted[columns[0]])[0])
-                what = ("L2 norm", "mean", "update norm")[s] if kind == "param" else "gradient L2 norm"
-                return k, columns, f"{what} {x[c, s]:.6g} against {y[c, s]:.6g}"
-    return None
+    return replace(f, caused_by=root.key)

@@ -40,6 +40,7 @@ from distcheck.mindspore.activations import ActivationTap, install_activation_pr
 from distcheck.mindspore.capture import GradCapture
 from distcheck.mindspore.cells import network_parameters
 from distcheck.mindspore.layouts import SHARDED_MODES, layout_groups
+from distcheck.mindspore.perturb import perturb, perturb_once
 from distcheck.mindspore.static import describe_training
 from distcheck.mindspore.world import MindSporeWorld, communication_ready, rank_hint
 from distcheck.recording import (ConsistencyError, ParamInfo, Phase, ProbeError, ProbeOptions, Recorder, log,
@@ -130,7 +131,7 @@ class Probe:
         """Open the dump and record the state before the first update (`step`, normally 0).
 
         In a process that already recorded a training call into the same run
-        directory, the record continues as a new segment (see `distcheck.recording.progress`).
+        directory, the record continues as a new segment (see `distcheck.recording.step_numbering`).
         """
         if self._recorder is not None or not self.enabled:
             return
@@ -157,6 +158,10 @@ class Probe:
             return
         with self.guard("cannot start"):
             self._params = network_parameters(self.network)
+            if options.perturb:  # a noise run: before step 0 is recorded
+                moved = perturb_once(self._params)
+                if moved:
+                    self.meta["perturbed"] = f"{moved} trainable parameter(s) moved by one ulp before step 0 and after every update"
             self._grad_slots = self._match_grads()
             infos = [self._param_info(p, slot) for p, slot in zip(self._params, self._grad_slots)]
             static = self._static()
@@ -246,6 +251,9 @@ class Probe:
             with self.guard(f"step {step}"):
                 loss = loss_value(loss) if self._computes_loss else None
                 self._record(run_step, grads_valid, loss, batch_arrays(batch))
+        if (self.options or ProbeOptions.from_env()).perturb and self.enabled:
+            with self.guard("cannot perturb the weights"):
+                perturb(self._params, run_step)  # a noise run: rounding made at every step
         self._join_online(run_step)
         self._copy_grads_for(run_step + 1)
         self._recorder.enter(then)

@@ -51,7 +51,7 @@ def describe_training(network: nn.Cell, optimizer: nn.Cell | None) -> dict[str, 
         "network_training": bool(model.training),
         "params": [{"name": p.name, "requires_grad": bool(p.requires_grad), "in_optimizer": id(p) in updated}
                    for p in network_parameters(model)],
-        "batchnorms": [{"cell": name, "training": bool(cell.training),
+        "batchnorms": [{"cell": name, "class": type(cell).__name__, "training": bool(cell.training),
                         "use_batch_statistics": _optional_bool(getattr(cell, "use_batch_statistics", None))}
                        for name, cell in model.cells_and_names() if isinstance(cell, _BATCHNORMS)],
         "dropouts": [{"cell": name, "keep_prob": keep}
