@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--nproc", type=int, required=True, metavar="N", help="total number of ranks")
     p.add_argument("--launcher", choices=("auto", "msrun", "mpirun", "none"), default="auto",
                    help="auto: none for -n 1, else msrun if installed, else mpirun")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>); one that already "
+                                                "holds a run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove an earlier run's files (rank dumps, job.json, ready/, ends/, logs/, progress "
+                        "files) from --out before starting; nothing else in it is touched")
     p.add_argument("--every", type=int, default=1, metavar="K", help="record every K-th step (default 1)")
     p.add_argument("--full-steps", default="", metavar="S,S,...",
                    help="steps at which whole tensors are kept too, to measure divergences")
@@ -82,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activations", action="store_true",
                    help="tap activation cells (ReLU, Sigmoid, Tanh, ...) for saturation and dead-unit "
                         "statistics (also: DISTCHECK_ACTIVATIONS=1)")
+    p.add_argument("--perturb", action="store_true",
+                   help="move every trainable weight by one ulp before step 0: a noise run, for "
+                        "'distcheck diff --noise' (also: DISTCHECK_PERTURB=1)")
     p.add_argument("--no-analyze", action="store_true", help="do not analyse after the job")
     p.add_argument("--local-n", type=int, metavar="M", help="msrun: ranks on this node (default: N)")
     p.add_argument("--master-addr", metavar="HOST", help="msrun: scheduler host for multi-node jobs")
@@ -105,15 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flag a running rank as stalled when no step has completed for S seconds (default 30)")
     p.set_defaults(handler=cmd_watch)
 
-    p = sub.add_parser("diff", help="compare two runs step by step, within tolerances",
-                       description="Compare the loss, gradient norms and parameter statistics of RUN_A and "
-                                   "RUN_B at the steps both recorded (the same model on 1 device and on 8, "
-                                   "before and after a change), and report the first step and the parameters "
-                                   "where they part beyond |a - b| <= atol + rtol * |b|.")
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
-    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    p = sub.add_parser("diff", help="compare a run with a reference run, step by step",
+                       description="Compare RUN with the REFERENCE run (the same model on one device, or in "
+                                   "another layout) at the steps both recorded: whether they are comparable, "
+                                   "whether they saw the same global batches, gradients that differ by one factor, "
+                                   "BatchNorm over local batches, and the first step where the loss, gradients "
+                                   "or parameters part beyond the envelope of rounding noise.")
+    p.add_argument("run_a", metavar="REFERENCE")
+    p.add_argument("run_b", metavar="RUN")
+    p.add_argument("--noise", metavar="NOISE_RUN",
+                   help="a noise run of the reference (distcheck launch --perturb): its drift from REFERENCE "
+                        "measures the envelope (default: a per-dtype default that grows with the step)")
+    p.add_argument("--rtol", type=float, default=None, help="a fixed relative tolerance instead of the envelope")
+    p.add_argument("--atol", type=float, default=None, help="a fixed absolute tolerance instead of the envelope")
+    p.add_argument("--rank-a", type=int, default=None, metavar="R",
+                   help="the reference's rank to compare (default: its lowest)")
+    p.add_argument("--rank-b", type=int, default=None, metavar="R", help="RUN's rank to compare (default: its lowest)")
+    p.add_argument("--map", metavar="FILE",
+                   help="YAML mapping of parameter names, REFERENCE name: RUN name, for runs that name them differently")
     add_report_options(p, config=False)
     p.set_defaults(handler=cmd_diff)
 
@@ -167,9 +183,28 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from distcheck.diff import diff
     from distcheck.report import finish_report
 
-    if not (args.rtol >= 0 and args.atol >= 0):
+    if (args.rtol is not None and args.rtol < 0) or (args.atol is not None and args.atol < 0):
         raise UsageError("--rtol and --atol must not be negative")
-    return finish_report(diff(args.run_a, args.run_b, args.rtol, args.atol), args.format, args.output, args.fail_on)
+    if args.noise is not None and (args.rtol is not None or args.atol is not None):
+        raise UsageError("--noise measures the tolerance; give it or --rtol/--atol, not both")
+    rename = _name_map(args.map) if args.map else None
+    analysis = diff(args.run_a, args.run_b, args.rtol, args.atol, noise=args.noise, rank_a=args.rank_a,
+                    rank_b=args.rank_b, rename=rename)
+    return finish_report(analysis, args.format, args.output, args.fail_on)
+
+
+def _name_map(path: str) -> dict[str, str]:
+    """``--map FILE``: a YAML mapping of REFERENCE parameter names to RUN's."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            value = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--map {path}: cannot read it: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise UsageError(f"--map {path}: expected a mapping of parameter names (reference name: run name)")
+    return value
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -25,13 +25,18 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Optional
 
+from distcheck._inject.rank_supervisor import is_interpreter
 from distcheck.exits import ExitCode, UsageError
 from distcheck.recording import ENV_RUN_DIR, ProbeOptions
-from distcheck.recording.options import parse_size
+from distcheck.recording.options import job_id_from_env, parse_size
+from distcheck.recording.rendezvous import READY_DIR
 from distcheck.replicas import Declaration, DeclarationError
-from distcheck.store.sidecars import job_path, signal_name, write_json
+from distcheck.store import schema
+from distcheck.store.progress_file import PROGRESS_DIR
+from distcheck.store.sidecars import job_path, read_job, signal_name, write_json
 
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_inject")
 SUPERVISOR = os.path.join(INJECT_DIR, "rank_supervisor.py")
@@ -63,11 +68,15 @@ def launch(args: argparse.Namespace, config: dict) -> int:
         raise UsageError(f"--stall-timeout must be positive, got {args.stall_timeout}")
     launcher = _pick_launcher(args.launcher, args.nproc)
     run_dir = os.path.abspath(args.out or _fresh_run_dir())
+    job_id = _job_id(args)
+    env = _job_env(args, run_dir, config, job_id)
+    _claim_run_dir(run_dir, args.overwrite)
     os.makedirs(run_dir, exist_ok=True)
     log(f"run directory {run_dir}")
-    env = _job_env(args, run_dir, config)
-    job = {"command": cmd, "launcher": launcher, "nproc": args.nproc, "start_time": time.time(),
+    job = {"job_id": job_id, "command": cmd, "launcher": launcher, "nproc": args.nproc, "start_time": time.time(),
            "stall_timeout": args.stall_timeout, "host": socket.gethostname()}
+    if args.output:
+        job["report"] = os.path.abspath(args.output)
     write_json(job_path(run_dir), job)
     if launcher == "msrun":
         procs = _start_msrun(args, cmd, run_dir, env)
@@ -208,6 +217,76 @@ def _tool(name: str) -> Optional[str]:
     return shutil.which(name)
 
 
+def _job_id(args: argparse.Namespace) -> str:
+    """The id every file of this job carries: ``DISTCHECK_JOB_ID`` if the user set one;
+    for one node of a multi-node job, one that every node derives alike from the
+    scheduler's address and port and N (so the nodes' directories analyse as one job);
+    else a new random one."""
+    given = job_id_from_env()
+    if given:
+        return given
+    if args.local_n and args.local_n < args.nproc and args.master_port:
+        return f"multinode-{args.master_addr or '127.0.0.1'}-{args.master_port}-{args.nproc}"
+    return uuid.uuid4().hex
+
+
+#: Matches the files a run leaves in ``progress/``.
+_PROGRESS_FILE = re.compile(r"^rank_\d{5}\.bin$")
+#: Directories of a run directory that only distcheck and its launchers write.
+_OWN_DIRS = (READY_DIR, schema.ENDS_DIR, "logs")
+
+
+def _run_files(run_dir: str) -> list[str]:
+    """distcheck's own files and directories in ``run_dir``, left by an earlier job."""
+    try:
+        names = sorted(os.listdir(run_dir))
+    except OSError:  # no directory yet (or not one: makedirs will say so)
+        return []
+    found = [n for n in names if schema.FILE_PATTERN.match(n) or n == schema.JOB_FILE
+             or (n in _OWN_DIRS and os.path.isdir(os.path.join(run_dir, n)))]
+    progress = os.path.join(run_dir, PROGRESS_DIR)
+    if os.path.isdir(progress) and any(_PROGRESS_FILE.match(n) for n in os.listdir(progress)):
+        found.append(PROGRESS_DIR)
+    return found
+
+
+def _claim_run_dir(run_dir: str, overwrite: bool) -> None:
+    """Refuse a run directory that holds an earlier job's files (their dumps, ready
+    files and process ends would be read as this job's); with ``overwrite``, remove
+    those files, and only those, first."""
+    found = _run_files(run_dir)
+    if not found:
+        return
+    if not overwrite:
+        names = [n + "/" if os.path.isdir(os.path.join(run_dir, n)) else n for n in found]
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise UsageError(f"{run_dir} already holds a run ({shown}): give --out a fresh directory, or add "
+                         "--overwrite to remove that run's files first")
+    report = read_job(run_dir).get("report")
+    for name in found:
+        path = os.path.join(run_dir, name)
+        if name == PROGRESS_DIR:
+            for entry in os.listdir(path):
+                if _PROGRESS_FILE.match(entry):
+                    os.unlink(os.path.join(path, entry))
+            _remove_if_empty(path)
+        elif name in _OWN_DIRS:
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    if isinstance(report, str) and os.path.isfile(report) and \
+            os.path.commonpath([os.path.abspath(report), run_dir]) == run_dir:
+        os.unlink(report)  # the earlier job's report, written inside its run directory
+    log(f"--overwrite: removed the earlier run's files from {run_dir} ({', '.join(found)})")
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:  # something else lives there: keep it
+        pass
+
+
 def _fresh_run_dir() -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join("runs", stamp)
@@ -223,7 +302,7 @@ def _labels(setting) -> str:
     return "auto" if setting is None else str(setting)
 
 
-def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, str]:
+def _job_env(args: argparse.Namespace, run_dir: str, config: dict, job_id: str) -> dict[str, str]:
     env = dict(os.environ)
     steps = tuple(int(s) for s in args.full_steps.split(",") if s.strip()) if args.full_steps else ()
     stall_seconds = ProbeOptions.stall_seconds
@@ -237,7 +316,8 @@ def _job_env(args: argparse.Namespace, run_dir: str, config: dict) -> dict[str, 
                            stall_seconds=stall_seconds, strict=args.strict,
                            local_world=args.local_n or args.nproc, labels=_labels(config.get("labels")),
                            grad_copy_limit=_grad_copy_limit(args.grad_copy_limit),
-                           update_norm_every=args.update_norm_every)
+                           update_norm_every=args.update_norm_every, job_id=job_id,
+                           perturb=getattr(args, "perturb", False))
     declared = Declaration.parse(config.get("replica_groups"))
     if declared is not None:
         try:
@@ -265,7 +345,7 @@ def _grad_copy_limit(text: str) -> int:
 
 def _script_and_args(cmd: list[str]) -> list[str]:
     """msrun wants ``script.py ARGS``: drop a leading ``python`` and its options."""
-    if os.path.basename(cmd[0]).startswith("python"):
+    if is_interpreter(cmd[0]):
         rest = cmd[1:]
         while rest and rest[0].startswith("-"):
             if rest[0] in ("-m", "-c"):
@@ -311,7 +391,7 @@ def _start_mpirun(args: argparse.Namespace, cmd: list[str], run_dir: str, env: d
                "MS_WORKER_NUM": str(args.nproc)}
     sched_env = {**env, **cluster, "MS_ROLE": "MS_SCHED"}
     worker_env = {**env, **cluster, "MS_ROLE": "MS_WORKER", "DISTCHECK_COMM": "mpi"}
-    python = cmd if os.path.basename(cmd[0]).startswith("python") else [sys.executable, *cmd]
+    python = cmd if is_interpreter(cmd[0]) else [sys.executable, *cmd]
     with open(os.path.join(logs, "scheduler.log"), "w") as sched_log:
         scheduler = subprocess.Popen(python, env=sched_env, stdout=sched_log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -58,7 +58,8 @@ def _listing(run: Run) -> str:
         calls = len(np.unique(reader.segments())) if reader.n_steps else 0
         out.append(f"  {rank:>5}  {reader.status_name:<17} {reader.n_steps:>7} recorded, {span}, "
                    f"{calls} training call(s), {reader.attr('hostname') or '?'}  {reader.path}")
-    first = run.readers[run.ranks[0]]
+    # the lowest rank that recorded a step knows its replica groups; a probe that failed at set-up does not
+    first = next((run.readers[r] for r in run.ranks if run.readers[r].n_steps), run.readers[run.ranks[0]])
     kinds = Counter()
     for reader in run.readers.values():
         has = reader.has()

@@ -29,6 +29,21 @@ find:
   stall       the bug rank's callback never returns at the end of step S
   frozen      fc1 is frozen (requires_grad=False) on every rank, and the bug rank
               loads other values into it (a pretrained layer loaded on one rank only)
+  frozen_nudge  fc1 is frozen on every rank, and before update S the bug rank adds a
+              tiny value to fc1.weight (a frozen layer written to on one rank mid-run)
+
+Two flags make every rank do what healthy jobs do with processes and signals
+(no bug: the job must finish as it would without a checker):
+
+  --fork-helpers S  after step S each rank forks helpers, as evaluation workers and
+                    data loaders do: a multiprocessing worker (fork context) that it
+                    ends with terminate() (SIGTERM), and an os.fork() child that
+                    exits normally (running the atexit hooks)
+  --preempt S       after step 1 each rank installs its own SIGTERM handler (a
+                    preemption handler); at step S a SIGTERM arrives (sent to itself,
+                    as a preemption notice would), and the rank saves a checkpoint
+                    ``preempted_rank_R.ckpt`` in the working directory and stops
+                    training cleanly with ``run_context.request_stop()``
 
 Steps are counted from 1, like ``cur_step_num`` in callbacks.
 
@@ -37,8 +52,11 @@ inside ``init()``; so nothing is printed or written before ``init()`` returns.
 """
 
 import argparse
+import atexit
+import multiprocessing
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -49,7 +67,7 @@ from mindspore import nn
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.train import Callback, Model
 
-BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall", "frozen")
+BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall", "frozen", "frozen_nudge")
 
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -73,6 +91,10 @@ def parse_args():
                    help="call Model.train this many times in a row (each runs --steps steps)")
     p.add_argument("--step-delay", type=float, default=0.0,
                    help="seconds every step sleeps in a callback, for long-running jobs")
+    p.add_argument("--fork-helpers", type=int, default=0, metavar="S",
+                   help="after step S, fork a helper ended by terminate() and one that exits normally")
+    p.add_argument("--preempt", type=int, default=0, metavar="S",
+                   help="own SIGTERM handler from step 1; SIGTERM at step S: checkpoint and stop cleanly")
     return p.parse_args()
 
 
@@ -206,6 +228,70 @@ class SlowSteps(Callback):
         time.sleep(self.delay)
 
 
+def _helper_loop(ready):
+    """A helper process's work: serve until terminated."""
+    ready.set()
+    while True:
+        time.sleep(0.1)
+
+
+class ForkHelpers(Callback):
+    """After `step`, fork helpers as evaluation workers and data loaders do: one through
+    multiprocessing (fork) that is ended with terminate(), one through os.fork() that
+    exits normally (atexit hooks included)."""
+
+    def __init__(self, step, rank):
+        super().__init__()
+        self.step, self.rank = step, rank
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num != self.step:
+            return
+        ctx = multiprocessing.get_context("fork")
+        ready = ctx.Event()
+        worker = ctx.Process(target=_helper_loop, args=(ready,), daemon=True)
+        worker.start()
+        ready.wait(30)
+        worker.terminate()
+        worker.join(30)
+        pid = os.fork()
+        if pid == 0:
+            # Exit as the interpreter does: the atexit hooks run, newest first. (Not by
+            # sys.exit from here: unwinding Model.train in a forked child crashes in
+            # MindSpore's dataset iterator. MindSpore's own atexit hook crashes there too,
+            # so this child ends by SIGSEGV, with or without a checker.)
+            sys.stdout.flush()
+            atexit._run_exitfuncs()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(f"rank {self.rank} helpers ended: worker {worker.exitcode}, "
+              f"child {os.waitstatus_to_exitcode(status)}", flush=True)
+
+
+class Preemption(Callback):
+    """A preemption handler the script installs once training runs: SIGTERM is noted,
+    and at the end of that step the rank saves a checkpoint and stops training."""
+
+    def __init__(self, step, rank, net):
+        super().__init__()
+        self.step, self.rank, self.net = step, rank, net
+        self.noticed = False
+
+    def _on_sigterm(self, signum, frame):
+        self.noticed = True
+
+    def on_train_step_end(self, run_context):
+        step = run_context.original_args().cur_step_num
+        if step == 1:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice arrives
+        if self.noticed:
+            ms.save_checkpoint(self.net, f"preempted_rank_{self.rank}.ckpt")
+            print(f"rank {self.rank} preempted after step {step}: checkpoint saved", flush=True)
+            run_context.request_stop()
+
+
 def main():
     args = parse_args()
     mode = ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE
@@ -226,10 +312,10 @@ def main():
     ms.set_seed(args.seed + 1000 if on_bug_rank and args.bug == "seed" else args.seed)
 
     net = MLP(batch_norm=args.bug == "bn")
-    if args.bug == "frozen":
+    if args.bug in ("frozen", "frozen_nudge"):
         for param in (net.fc1.weight, net.fc1.bias):
             param.requires_grad = False
-        if on_bug_rank:
+        if on_bug_rank and args.bug == "frozen":
             net.fc1.weight.set_data(ms.Tensor(net.fc1.weight.asnumpy() + 0.01))
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     lr = args.lr * 2 if on_bug_rank and args.bug == "lr" else args.lr
@@ -242,7 +328,7 @@ def main():
         inf_at_step=args.bug_step if on_bug_rank and args.bug == "nan" else None)
 
     callbacks = [PrintLoss(rank)]
-    if on_bug_rank and args.bug == "nudge":
+    if on_bug_rank and args.bug in ("nudge", "frozen_nudge"):
         callbacks.append(NudgeWeight(net.fc1.weight, args.bug_step))
     if on_bug_rank and args.bug == "kill":
         callbacks.append(KillSelf(args.bug_step))
@@ -250,6 +336,10 @@ def main():
         callbacks.append(StallForever(args.bug_step))
     if args.step_delay > 0:
         callbacks.append(SlowSteps(args.step_delay))
+    if args.fork_helpers > 0:
+        callbacks.append(ForkHelpers(args.fork_helpers, rank))
+    if args.preempt > 0:
+        callbacks.append(Preemption(args.preempt, rank, net))
 
     print(f"rank {rank}/{group_size} bug={args.bug} bug_rank={bug_rank} "
           f"mode={args.mode} sink={args.sink} steps={args.steps}", flush=True)

@@ -196,7 +196,8 @@ def test_launch_keeps_the_frameworks_info_lines_out_of_the_terminal(tmp_path):
             str(tmp_path / "run"), "--", sys.executable, str(script)]
     quiet = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert "rank 0 done" in quiet.stderr and "[WARNING] ME(" in quiet.stderr and "[INFO]" not in quiet.stderr
-    loud = subprocess.run(argv, capture_output=True, text=True, env={**env, "GLOG_v": "1"}, timeout=120)
+    again = [*argv[:4], "--overwrite", *argv[4:]]  # the same run directory
+    loud = subprocess.run(again, capture_output=True, text=True, env={**env, "GLOG_v": "1"}, timeout=120)
     assert "[INFO] DISTRIBUTED(7090" in loud.stderr  # the user asked for them
 
 

@@ -41,12 +41,12 @@ def test_diff_finds_the_step_and_parameter_where_two_runs_part(tmp_path):
 
 
 def test_diff_ignores_update_norms_one_run_did_not_measure(tmp_path, monkeypatch):
-    from distcheck.recording import summaries
+    from distcheck.recording import update_norms
 
     (tmp_path / "all").mkdir()
     (tmp_path / "turns").mkdir()
     write(str(tmp_path / "all"))  # every parameter under 1 MiB: every update measured
-    monkeypatch.setattr(summaries, "TURN_BYTES", 256)  # the two weights take turns, one step in two
+    monkeypatch.setattr(update_norms, "TURN_BYTES", 256)  # the two weights take turns, one step in two
     write(str(tmp_path / "turns"))
     code, out, _ = _cli("diff", tmp_path / "all", tmp_path / "turns", "--format", "json")
     assert code == 0 and json.loads(out)["findings"] == []

@@ -129,6 +129,7 @@ def test_one_child_validates_every_file_and_a_hang_or_crash_costs_only_that_file
     import time
 
     from distcheck.store import reader as reader_module
+    from distcheck.store import screening as screening_module
     from synthetic import make_run
 
     make_run(str(tmp_path), "none", size=4)
@@ -142,14 +143,14 @@ def test_one_child_validates_every_file_and_a_hang_or_crash_costs_only_that_file
         validate(self)
 
     monkeypatch.setattr(reader_module.DumpReader, "_validate", damaged)
-    monkeypatch.setattr(reader_module, "OPEN_TIMEOUT", 0.5)
+    monkeypatch.setattr(screening_module, "OPEN_TIMEOUT", 0.5)
     paths = [str(tmp_path / f"rank_0000{r}.h5") for r in range(4)]
     start = time.monotonic()
     results = []
-    with reader_module.Screening(paths) as screening:
+    with screening_module.Screening(paths, reader_module.validated_state) as screening:
         for i in range(4):
             try:
-                results.append(screening.reader(i).rank)
+                results.append(reader_module.DumpReader.validated(paths[i], screening.state(i)).rank)
             except DumpError as exc:
                 results.append(exc.problem)
     assert results == [0, "opening the file did not finish in 0.5 s", "opening the file crashed the reader", 3]
@@ -169,6 +170,7 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
     from distcheck.analysis.run import load_run
     from distcheck.analysis.pools import ProcessPool
     from distcheck.store import reader as reader_module
+    from distcheck.store import screening as screening_module
     from synthetic import make_run
 
     make_run(str(tmp_path), "none", size=5)
@@ -189,7 +191,7 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
         validate(self)
 
     monkeypatch.setattr(reader_module.DumpReader, "_validate", damaged)
-    monkeypatch.setattr(reader_module, "OPEN_TIMEOUT", 0.5)
+    monkeypatch.setattr(screening_module, "OPEN_TIMEOUT", 0.5)
     run = load_run([str(tmp_path)], pool=ProcessPool(2))
     assert run.ranks == [0, 3, 4]
     problems = {e.rank: e.message.split(": ", 1)[1].split(" (")[0] for e in run.errors}
@@ -198,11 +200,12 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
 
 
 def test_a_bounded_number_of_files_stay_open_and_reopen_on_demand(tmp_path, monkeypatch):
+    from distcheck.store import open_files
     from distcheck.store import reader as reader_module
     from synthetic import make_run
 
     make_run(str(tmp_path), "nudge", size=3)
-    monkeypatch.setattr(reader_module._OPEN_FILES, "limit", 2)
+    monkeypatch.setattr(open_files.OPEN_FILES, "limit", 2)
     readers = [reader_module.DumpReader(str(tmp_path / f"rank_0000{r}.h5")) for r in range(3)]
     try:
         for _ in range(2):

@@ -5,7 +5,8 @@ records how it ended, even when it was killed with SIGKILL.
 the training script: ``python rank_supervisor.py train.py ARGS`` (or ``... python
 train.py ARGS``). It starts the real command with the same environment and open
 files, passes on SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, waits, writes
-``ends/<host>-<child pid>.json`` in the run directory, and then ends the way its child
+``ends/<host>-<child pid>.json`` in the run directory (with the job's id from
+``DISTCHECK_JOB_ID``), and then ends the way its child
 did (the same exit code, or the same signal; 1.5 s later if that was a failure), so the
 launcher sees what it would have seen without it. msrun's scheduler process, which only runs the script up to
 ``init()``, is not supervised: the supervisor replaces itself with it.
@@ -15,6 +16,8 @@ a few megabytes and no start-up time.
 """
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,9 +29,27 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 HOLD_AFTER_FAILURE = 1.5
 
 
+#: A Python interpreter's file name: python, python3, python3.11, python3.13t, python.exe.
+_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)*)?[dmt]?(\.exe)?")
+
+
+def is_interpreter(word):
+    """Whether a command's first word is a Python interpreter (``python``, ``python3.11``,
+    ``/usr/bin/python3``, this Python) rather than the script to run with one
+    (``train.py``, ``python_train.py``)."""
+    if not word or word.endswith(".py"):
+        return False
+    if _PYTHON_NAME.fullmatch(os.path.basename(word)):
+        return True
+    path = word if os.sep in word else shutil.which(word)  # a bare name runs from PATH
+    try:
+        return path is not None and os.path.samefile(path, sys.executable)
+    except OSError:  # no such file
+        return False
+
+
 def _command(argv):
-    first = os.path.basename(argv[0])
-    return list(argv) if first.startswith("python") else [sys.executable, *argv]
+    return list(argv) if is_interpreter(argv[0]) else [sys.executable, *argv]
 
 
 def main(argv):
@@ -69,7 +90,8 @@ def _record(run_dir, pid, code):
         from distcheck.store.sidecars import ProcessEnd, write_end
 
         write_end(run_dir, ProcessEnd(socket.gethostname(), pid, code if code >= 0 else None,
-                                      -code if code < 0 else None, time.time()))
+                                      -code if code < 0 else None, time.time(),
+                                      os.environ.get("DISTCHECK_JOB_ID", "").strip()))
     except Exception as exc:  # the training's own outcome matters more than this record
         print(f"distcheck: could not record how process {pid} ended: {exc}", file=sys.stderr, flush=True)
 

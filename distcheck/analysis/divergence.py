@@ -257,9 +257,9 @@ def _finding(e: Episode, params: list[ParamInfo], group: str, group_size: int, p
     extra = (f" {'; '.join(e.magnitude)}." if e.magnitude else "") + _blocks_hint(e)
     if e.stage == "init":
         frozen = [params[c].name for c in e.columns if not params[c].trainable]
-        also = (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False "
-                "and never changed): a pretrained weight loaded on some ranks only, or initialised without the "
-                "same seed." if frozen else "")
+        also = (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False): "
+                "a pretrained weight loaded on some ranks only, or initialised without the same seed." if frozen
+                else "")
         message = (f"Weights differ at step 0, before any update: {who} in "
                    f"{len(names)} parameter(s): {name_list(names)}. Typical cause: a different random "
                    f"seed on those ranks (call set_seed with the same value on every rank before building "
@@ -288,6 +288,11 @@ def _finding(e: Episode, params: list[ParamInfo], group: str, group_size: int, p
                "or something wrote to the parameters outside the optimizer.")
     else:
         why = "Gradients were not recorded at that step, so it is unknown whether they agreed."
+    frozen = [params[c].name for c in e.columns if not params[c].trainable]
+    if frozen:
+        why += (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False), "
+                "so no update changes them: something wrote to them on those ranks (weights loaded on some ranks "
+                "only, code that modifies them).")
     message = f"Parameters agreed before and differ {where}: {who} in {name_list(names)}. {why}{extra}"
     return Finding("param_divergence", Severity.ERROR, "param", e.step, tuple(e.ranks), names, message,
                    caused_by=caused_by)

@@ -138,13 +138,15 @@ def check_ranks(run: Run) -> list[Finding]:
     if not run.readers:
         return findings
     ends = {r: rank_end(reader) for r, reader in run.readers.items()}
+    recording = [e.rank for e in ends.values() if e.status != Status.RECORDING_STOPPED]
     for end in ends.values():
         if end.status == Status.RECORDING_STOPPED:
+            later = ("later steps are compared across the other ranks only" if recording else
+                     "no rank recorded the steps after that")
             findings.append(finding("probe_failed", end.completed if end.completed >= 0 else None, (end.rank,), (),
                                     f"rank {end.rank}: {end.message or 'recording stopped'}. Training went on "
-                                    f"without the probe ({end.how()}); later steps are compared across the other "
-                                    "ranks only."))
-    unfinished = [e for e in ends.values() if not e.finished]
+                                    f"without the probe ({end.how()}); {later}."))
+    unfinished = [e for e in ends.values() if not e.finished and not _end_unknown(e, ends)]
     if not unfinished:
         return findings
     job = _job(run)
@@ -164,6 +166,16 @@ def check_ranks(run: Run) -> list[Finding]:
         unfinished = early
     findings.append(_blame(ends, unfinished, job))
     return findings
+
+
+def _end_unknown(e: RankEnd, ends: dict[int, RankEnd]) -> bool:
+    """A rank whose recording stopped (probe_failed says why) and whose process end no
+    supervisor recorded: its training is not judged when another rank finished (the job
+    ran to its end) or when no rank's end is known either (nothing to judge it by)."""
+    if e.status != Status.RECORDING_STOPPED or e.process is not None:
+        return False
+    known = [o for o in ends.values() if o.status != Status.RECORDING_STOPPED or o.process is not None]
+    return not known or any(o.finished for o in known)
 
 
 def _missing(run: Run) -> list[Finding]:

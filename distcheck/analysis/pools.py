@@ -9,13 +9,19 @@ results in task order, on every caller:
   tasks ``i`` with ``i % K == its rank``; the results are all-gathered, so every process
   goes on with the same data and only rank 0 writes the report.
 
+A task that fails fails the whole map, on every caller alike: the exception of the
+first failing task, in task order. The analysis then leaves out the rank whose damaged
+file raised it and maps again; under mpirun every process must do so together, or one
+would wait in a collective the others skipped.
+
 The analysis splits its heaviest work, the votes over every recorded step, by parameter
 (each worker reads its columns of every rank file) and the health rules by rank.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Protocol, Sequence
+import pickle
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 
 class Pool(Protocol):
@@ -58,11 +64,38 @@ class MpiPool:
         self.writes = self.rank == 0
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
-        mine = {i: fn(t) for i, t in enumerate(tasks) if i % self.size == self.rank}
+        mine: dict[int, Any] = {}
+        failure: Optional[tuple[int, Exception]] = None
+        for i in range(self.rank, len(tasks), self.size):
+            try:
+                mine[i] = fn(tasks[i])
+            except Exception as exc:  # every process must reach the all-gather, and hear of it
+                failure = (i, exc)
+                break
+        parts = self.comm.allgather((mine, _portable(failure)))
+        failures = sorted((f for _, f in parts if f is not None), key=lambda f: f[0])
+        if failures:
+            first, exc = failures[0]
+            if failure is not None and failure[0] == first:
+                raise failure[1]  # this process's own, with its traceback
+            raise exc
         merged: dict[int, Any] = {}
-        for part in self.comm.allgather(mine):
+        for part, _ in parts:
             merged.update(part)
         return [merged[i] for i in range(len(tasks))]
+
+
+def _portable(failure: Optional[tuple[int, Exception]]) -> Optional[tuple[int, Exception]]:
+    """``failure`` as it can travel to the other MPI processes: an exception that does
+    not pickle becomes a RuntimeError that says what it was."""
+    if failure is None:
+        return None
+    index, exc = failure
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"analysis task {index} failed: {type(exc).__name__}: {exc}")
+    return index, exc
 
 
 def chunks(items: Sequence[Any], parts: int) -> list[list[Any]]:

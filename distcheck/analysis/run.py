@@ -2,7 +2,9 @@
 
 Several directories (one per node of a multi-node job) merge into one run. Problems
 with the input (a missing directory, a damaged file, a rank written twice) are kept
-as :class:`InputError`\\ s so the readable ranks can still be analysed.
+as :class:`InputError`\\ s so the readable ranks can still be analysed. Files of two
+different jobs are refused outright (:class:`MixedJobsError`): no analysis of them
+could be right.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from distcheck.analysis.pools import Pool
-from distcheck.analysis.progress import ProgressBar
+from distcheck.analysis.progress_bar import ProgressBar
+from distcheck.exits import UsageError
 from distcheck.store import schema
-from distcheck.store.reader import DumpError, DumpReader, Screening, decode_state, screen
+from distcheck.store.reader import DumpError, DumpReader, screen, validated_state
+from distcheck.store.screening import Screening, decode_state
+from distcheck.store.sidecars import job_ids_beside
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Run:
         return sorted(self.readers)
 
     _cache: dict = field(default_factory=dict, repr=False)
+    #: Every dump opened, kept or not: path -> (its job id, "" if none; its world size).
+    _jobs: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     @property
     def world_size(self) -> int:
@@ -105,10 +112,15 @@ def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = 
                 _load_file(run, path, rank, lambda: DumpReader.validated(path, decode_state(messages.pop(i))))
                 bar.advance()
         else:
-            with Screening(paths) as screening:
+            with Screening(paths, validated_state) as screening:
                 for i, (path, rank) in enumerate(files):
-                    _load_file(run, path, rank, lambda: screening.reader(i))
+                    _load_file(run, path, rank, lambda: DumpReader.validated(path, screening.state(i)))
                     bar.advance()
+    try:
+        refuse_mixed_jobs(run)
+    except MixedJobsError:
+        run.close()
+        raise
     return run
 
 
@@ -119,6 +131,7 @@ def _load_file(run: Run, path: str, rank_from_name: int, open_reader: Callable[[
         run.errors.append(InputError(path, str(exc), rank_from_name))
         run.unreadable_ranks[rank_from_name] = exc.problem
         return
+    run._jobs[path] = (str(reader.attr("job_id", "") or ""), reader.world_size)
     if reader.rank != rank_from_name:
         run.errors.append(InputError(path, f"{path}: file name says rank {rank_from_name} but the dump "
                                      f"says rank {reader.rank}; rename or remove it", rank_from_name))
@@ -133,3 +146,44 @@ def _load_file(run: Run, path: str, rank_from_name: int, open_reader: Callable[[
     run.readers[reader.rank] = reader
     run._cache.clear()
     run.errors.extend(InputError(path, problem, reader.rank) for problem in reader.problems)
+
+
+class MixedJobsError(UsageError):
+    """The run directories hold files of more than one job (see :func:`refuse_mixed_jobs`)."""
+
+
+def refuse_mixed_jobs(run: Run) -> None:
+    """Raise :class:`MixedJobsError`, naming each job's files, when the files of ``run``
+    come from more than one job: dumps, ``job.json`` or ``ends/`` records carrying
+    different job ids, or dumps of different world sizes (which also catches dumps
+    written without an id, by a probe attached in the user's own launcher). Dumps
+    without an id (older versions, no id given) go with any id."""
+    by_id: dict[str, list[str]] = {}
+    for path, (job_id, _) in run._jobs.items():
+        if job_id:
+            by_id.setdefault(job_id, []).append(path)
+    for directory in run.dirs:
+        for path, job_id in job_ids_beside(directory).items():
+            by_id.setdefault(job_id, []).append(path)
+    if len(by_id) > 1:
+        jobs = [f"job {job_id} ({_files(paths, run.dirs)})" for job_id, paths in by_id.items()]
+        raise MixedJobsError(_mixed(run.dirs, len(by_id), "", jobs))
+    by_size: dict[int, list[str]] = {}
+    for path, (_, world_size) in run._jobs.items():
+        by_size.setdefault(world_size, []).append(path)
+    if len(by_size) > 1:
+        jobs = [f"a job of {size} rank(s) ({_files(paths, run.dirs)})" for size, paths in sorted(by_size.items())]
+        raise MixedJobsError(_mixed(run.dirs, len(by_size), " (their world sizes differ)", jobs))
+
+
+def _mixed(dirs: list[str], n_jobs: int, why: str, jobs: list[str]) -> str:
+    where = f"{dirs[0]} holds" if len(dirs) == 1 else f"{', '.join(dirs)} hold"
+    return (f"{where} files of {n_jobs} different jobs{why}, which cannot be analysed as one: {'; '.join(jobs)}. "
+            "Keep one job per run directory: move the other job's files away, and next time give "
+            "'distcheck launch' a fresh --out directory (or --overwrite)")
+
+
+def _files(paths: list[str], dirs: list[str], most: int = 6) -> str:
+    """Paths as a message lists them: by file name when there is one directory."""
+    names = [os.path.relpath(p, dirs[0]) if len(dirs) == 1 else p for p in sorted(paths)]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")

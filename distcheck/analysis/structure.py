@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from distcheck.analysis.run import Run
+from distcheck.buffers import is_running_statistic
 from distcheck.findings import Finding, Note, Severity, name_list
 from distcheck.replicas import REPLICATED_MODES, Declaration, Group, Source
 from distcheck.store.schema import ParamInfo
@@ -91,7 +92,7 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
             f"{name_list(names)}. Declare which ranks hold copies of each in a config file and pass it with "
             "--config, e.g. replica_groups: [{params: \"mid.*\", groups: [[0, 2], [1, 3]]}, "
             "{params: \"*\", groups: [[0, 1, 2, 3]]}]."))
-    if alone:
+    if alone and run.world_size > 1:  # on one device there is nothing to compare with
         names = sorted(alone)
         notes.append(Note("replica_groups", (), f"{len(names)} parameter(s) are held by one rank each (a replica "
                           f"group of one), so they were health-checked but not compared across ranks: "
@@ -161,22 +162,20 @@ def common_structure(run: Run, members: list[int], names: list[str]
     return agree, params, cols, findings
 
 
-#: Names of running statistics a network updates itself (BatchNorm and alike).
-_RUNNING = ("moving_mean", "moving_variance", "running_mean", "running_var", "num_batches_tracked")
-
-
 def weight_mask(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray]) -> np.ndarray:
     """Which parameters are weights, compared like trainable ones: the trainable ones, and
-    frozen weights (``requires_grad=False`` but never changed by the network: a frozen
+    frozen weights (``requires_grad=False``, not updated by the network itself: a frozen
     pretrained backbone, the embeddings of a fine-tune). The other non-trainable ones are
-    buffers the network updates itself (BatchNorm's moving statistics): they changed
-    between the first and last recorded step on some rank, or, in a run of one recorded
-    step, they are named like running statistics."""
+    buffers the network updates itself (BatchNorm's moving statistics): they are named
+    like running statistics (:func:`distcheck.buffers.is_running_statistic`), or they
+    changed between the first and last recorded step on *every* rank that recorded two
+    steps or more. A frozen weight that changed on some ranks only was written to on those
+    ranks: it stays a weight, and the difference is an error."""
     mask = np.array([p.trainable for p in params], bool)
     frozen = np.flatnonzero(~mask)
     if not len(frozen):
         return mask
-    changed = np.zeros(len(params), bool)
+    changed_everywhere = np.ones(len(params), bool)
     spans = 0
     for r in members:
         reader = run.readers[r]
@@ -185,10 +184,8 @@ def weight_mask(run: Run, members: list[int], params: list[ParamInfo], cols: dic
         spans += 1
         first = reader.digests("param", 0, 1)[0][cols[r]]
         last = reader.digests("param", reader.n_steps - 1, reader.n_steps)[0][cols[r]]
-        changed |= np.any(first != last, axis=-1)
+        changed_everywhere &= np.any(first != last, axis=-1)
     for c in frozen:
-        if spans:
-            mask[c] = not changed[c]
-        else:
-            mask[c] = params[c].name.rsplit(".", 1)[-1] not in _RUNNING
+        buffer = is_running_statistic(params[c].name) or (spans > 0 and changed_everywhere[c])
+        mask[c] = not buffer
     return mask

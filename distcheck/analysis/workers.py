@@ -7,7 +7,7 @@ import contextlib
 from typing import Iterator, Optional
 
 from distcheck.analysis.run import Run, load_run
-from distcheck.store.reader import close_open_files
+from distcheck.store.open_files import close_open_files
 
 
 _SHARED: Optional[Run] = None

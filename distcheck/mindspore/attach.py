@@ -12,7 +12,7 @@ must stay free of side effects.
 
 Every `Model.train`/`fit` call of a process is recorded into the same dump: MindSpore
 restarts `cur_step_num` at each call, and the record continues as a new segment whose
-steps follow the last one's (see `distcheck.recording.progress`).
+steps follow the last one's (see `distcheck.recording.step_numbering`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Callable
 
 from distcheck.recording.faults import plant
 from distcheck.recording.lifecycle import main_thread_stack
-from distcheck.recording.progress import Progress
+from distcheck.recording.current_step import Progress
 from distcheck.store.schema import Phase
 from distcheck.store.writer import DumpWriter
 

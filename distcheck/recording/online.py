@@ -3,14 +3,22 @@
 Up to three rounds keep the common case cheap and every rank in step:
 
 1. a fixed header from each rank (ok flag, step, parameter count, digest of the
-   parameter table, rollup digest of all its parameters): equal rollups end a data
-   parallel check, 48 bytes a rank;
+   parameter table, rollup digest of the parameters it compares): equal rollups end a
+   data parallel check, 48 bytes a rank;
 2. if the rollups differ (always so in a sharded job, whose shards differ by design),
    one rollup per replica group the rank belongs to, keyed by the group's members: at
    most :data:`MAX_GROUPS` x 24 bytes a rank, whatever the number of parameters. Equal
    rollups within every group end the check;
 3. only then the per-parameter digests, each with the *leader* of its replica group (its
-   lowest rank, see :mod:`distcheck.replicas`), 24 bytes a parameter.
+   lowest rank, see :mod:`distcheck.replicas`) and whether it changed on that rank since
+   step 0, 32 bytes a parameter.
+
+Buffers the network updates itself (BatchNorm's moving statistics) differ across
+unsynchronised replicas by design, so they are left out of the rollups and the vote, as
+the analyzer leaves them out of its errors: a non-trainable parameter named like a
+running statistic, or one that changed since step 0 on every rank
+(:mod:`distcheck.buffers`). A frozen weight stays in: one that changed on some ranks
+only makes their rollups differ, and the vote names it.
 
 Every rank votes within every group the same way, so all reach the same verdict, and
 shards that differ by design are never compared. A rank with nothing to give (its probe
@@ -24,6 +32,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from distcheck.buffers import is_running_statistic
 from distcheck.digest import digest, digest_rows
 from distcheck.recording.faults import PlantedFault, plant
 from distcheck.recording.options import log
@@ -46,6 +55,9 @@ class OnlineCheck:
         self._done: Optional[int] = None
         self._leaders = np.full(len(self.params), -1, np.int64)
         self._group_keys = np.zeros(len(self.params), np.uint64)  # 0: not compared
+        self._trainable = np.array([p.trainable for p in self.params], bool)
+        self._running = np.array([not p.trainable and is_running_statistic(p.name) for p in self.params], bool)
+        self._first: Optional[np.ndarray] = None  # this rank's digests at step 0
         table = json.dumps([(p.name, list(p.shape), p.dtype) for p in self.params]).encode()
         self._table = digest(np.frombuffer(table, np.uint8))[0]
 
@@ -79,8 +91,15 @@ class OnlineCheck:
             log(f"online check on rank {self.world.rank}: {exc}; taking part with nothing to give")
             rows = None
         header = np.zeros(6, np.uint64)
+        changed = np.zeros(len(self.params), bool)
+        compared = np.ones(len(self.params), bool)
         if rows is not None:
-            header[:] = (1, step, len(self.params), self._table, *digest_rows(rows))
+            if step == 0:
+                self._first = np.array(rows, copy=True)
+            elif self._first is not None and self._first.shape == rows.shape:
+                changed = np.any(rows != self._first, axis=1)
+            compared = self._trainable | (~self._running & ~changed)
+            header[:] = (1, step, len(self.params), self._table, *digest_rows(np.ascontiguousarray(rows[compared])))
         gathered = self._allgather(header, step)
         if gathered is None:
             return
@@ -92,10 +111,11 @@ class OnlineCheck:
             return
         if np.all(gathered[:, 4:] == gathered[0, 4:]):
             return
-        groups_agree = self._groups_agree(rows, step)
+        groups_agree = self._groups_agree(rows, compared, step)
         if groups_agree is None or groups_agree:
             return
-        mine = np.concatenate([rows, self._leaders.astype(np.uint64)[:, None]], axis=1)  # (P, 3)
+        mine = np.concatenate([rows, self._leaders.astype(np.uint64)[:, None], changed.astype(np.uint64)[:, None]],
+                              axis=1)  # (P, 4)
         gathered = self._allgather(mine, step)
         if gathered is None:
             return
@@ -111,12 +131,12 @@ class OnlineCheck:
             on_mismatch(f"{FAIL_FAST_MESSAGE}{message}")
             raise ConsistencyError(message)
 
-    def _groups_agree(self, rows: np.ndarray, step: int) -> Optional[bool]:
+    def _groups_agree(self, rows: np.ndarray, compared: np.ndarray, step: int) -> Optional[bool]:
         """Round 2: whether every replica group's members hold the same rollup of that
-        group's parameters (None: the all-gather failed). Row 0 of each rank's table
-        holds its number of groups; a rank in more than MAX_GROUPS groups sends none, and
-        then every rank goes on to round 3."""
-        keys = self._group_keys
+        group's ``compared`` parameters (None: the all-gather failed). Row 0 of each
+        rank's table holds its number of groups; a rank in more than MAX_GROUPS groups
+        sends none, and then every rank goes on to round 3."""
+        keys = np.where(compared, self._group_keys, np.uint64(0))
         mine = np.zeros((MAX_GROUPS + 1, 3), np.uint64)
         distinct = [k for k in np.unique(keys) if k]
         mine[0, 0] = len(distinct)
@@ -138,16 +158,20 @@ class OnlineCheck:
 
     def _vote(self, gathered: np.ndarray) -> tuple[list[str], set[int]]:
         """Parameters whose replicas disagree, and the ranks outside each majority.
-        ``gathered`` is (R, P, 3): two digest words and the group leader per parameter."""
+        ``gathered`` is (R, P, 4): two digest words, the group leader and whether the
+        parameter changed on that rank since step 0, per parameter. Buffers are not voted
+        on: those named like running statistics, and non-trainable parameters that
+        changed on every member of their group."""
         bad_params, bad_ranks = [], set()
         leaders = gathered[:, :, 2].astype(np.int64)
+        changed = gathered[:, :, 3] != 0
         for i, info in enumerate(self.params):
-            if not info.trainable:
+            if self._running[i]:
                 continue
             culprits: set[int] = set()
             for leader in np.unique(leaders[:, i]):
                 members = np.flatnonzero(leaders[:, i] == leader)
-                if leader < 0 or len(members) < 2:
+                if leader < 0 or len(members) < 2 or (not info.trainable and changed[members, i].all()):
                     continue
                 outliers = majority([tuple(gathered[r, i, :2]) for r in members]).outliers
                 culprits.update(int(members[o]) for o in outliers)

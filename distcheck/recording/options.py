@@ -5,12 +5,15 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from distcheck.replicas import Declaration, DeclarationError
 
 ENV_RUN_DIR = "DISTCHECK_RUN_DIR"
+#: The job's id: ``distcheck launch`` sets it for every process of the job; a user's own
+#: launcher may set it too (the same value on every rank), else dumps carry none.
+ENV_JOB_ID = "DISTCHECK_JOB_ID"
 
 
 def log(message: str) -> None:
@@ -20,6 +23,11 @@ def log(message: str) -> None:
 
 def run_dir_from_env() -> Optional[str]:
     return os.environ.get(ENV_RUN_DIR) or None
+
+
+def job_id_from_env() -> str:
+    """The job id in ``DISTCHECK_JOB_ID``, or "" when none was given."""
+    return os.environ.get(ENV_JOB_ID, "").strip()
 
 
 def _env(name: str, default, parse):
@@ -88,7 +96,13 @@ class ProbeOptions:
     it gradients are not recorded (0: never copied). ``update_norm_every``: parameters of
     1 MiB or more have their update's norm measured in turn, each at every N-th recorded
     step, so that the probe keeps a copy of only about 1/N of them (1: every parameter at
-    every recorded step, and a copy of all; see ``summaries.Previous``).
+    every recorded step, and a copy of all; see ``update_norms.Previous``). ``job_id``: the
+    id every file of the job carries, so that the analyzer never mixes two jobs; by
+    default ``DISTCHECK_JOB_ID`` (set by ``distcheck launch``), even when the options are
+    built in code, else "" (no id). ``perturb``: move every trainable weight by one unit
+    in the last place before step 0 is recorded (see :mod:`distcheck.reference.ulp`), so
+    that the run measures how rounding differences grow: a noise run for ``distcheck
+    diff --noise``.
     """
 
     every: int = 1
@@ -104,6 +118,8 @@ class ProbeOptions:
     replica_groups: str = ""
     grad_copy_limit: int = GRAD_COPY_LIMIT
     update_norm_every: int = UPDATE_NORM_EVERY
+    perturb: bool = False
+    job_id: str = field(default_factory=job_id_from_env)
 
     @classmethod
     def from_env(cls) -> "ProbeOptions":
@@ -123,6 +139,8 @@ class ProbeOptions:
             replica_groups=os.environ.get("DISTCHECK_REPLICA_GROUPS", "").strip(),
             grad_copy_limit=max(0, _env("DISTCHECK_GRAD_COPY_LIMIT", GRAD_COPY_LIMIT, parse_size)),
             update_norm_every=max(1, _env("DISTCHECK_UPDATE_NORM_EVERY", UPDATE_NORM_EVERY, int)),
+            perturb=_flag("DISTCHECK_PERTURB"),
+            job_id=job_id_from_env(),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -140,6 +158,8 @@ class ProbeOptions:
             "DISTCHECK_REPLICA_GROUPS": self.replica_groups,
             "DISTCHECK_GRAD_COPY_LIMIT": str(self.grad_copy_limit),
             "DISTCHECK_UPDATE_NORM_EVERY": str(self.update_norm_every),
+            "DISTCHECK_PERTURB": "1" if self.perturb else "0",
+            ENV_JOB_ID: self.job_id,
         }
 
     def declaration(self) -> Optional[Declaration]:

@@ -25,13 +25,16 @@ import numpy as np
 
 from distcheck import __version__
 from distcheck.recording.faults import plant
-from distcheck.recording.lifecycle import unwatch, watch
+from distcheck.recording.lifecycle import close_with_process, forget
 from distcheck.recording.rendezvous import all_ready, announce
 from distcheck.recording.heartbeat import HeartbeatThread
 from distcheck.recording.online import ConsistencyError, OnlineCheck
 from distcheck.recording.options import ProbeOptions, log
-from distcheck.recording.progress import Progress, StepNumbering
-from distcheck.recording.summaries import Previous, step_row, warm_up
+from distcheck.recording.current_step import Progress
+from distcheck.recording.step_numbering import StepNumbering
+from distcheck.recording.summaries import step_row
+from distcheck.recording.summary_threads import warm_up
+from distcheck.recording.update_norms import Previous
 from distcheck.replicas import REPLICATED_MODES, DeclarationError, Group, resolve
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo, Phase, Status
@@ -46,6 +49,9 @@ __all__ = ["ConsistencyError", "ProbeError", "Recorder"]
 #: same dump as a new segment instead of overwriting it.
 _OPEN: dict[str, "Recorder"] = {}
 _OPEN_LOCK = threading.Lock()
+#: In a forked child, the parent's writers: kept, never closed, so no h5py object of
+#: theirs is ever freed (and closed) here.
+_INHERITED: list[DumpWriter] = []
 
 
 class ProbeError(RuntimeError):
@@ -66,6 +72,7 @@ class Recorder:
         self._clean = False  # the last training call ended cleanly
         self._failure: Optional[str] = None  # set by the heartbeat thread
         self._heartbeat: Optional[HeartbeatThread] = None
+        self._pid = os.getpid()  # the process whose dump this is (not a forked child)
 
     @classmethod
     def open(cls, run_dir: str, world: World, params: Sequence[ParamInfo], meta: dict,
@@ -160,7 +167,7 @@ class Recorder:
                 self.disable(f"cannot record replica groups: {type(exc).__name__}: {exc}")
 
     def _start(self) -> None:
-        watch(self)
+        close_with_process(self)
         warm_up()
         period = self.options.flush_seconds if 0 < self.options.flush_seconds < 2.0 else 2.0
         self._heartbeat = HeartbeatThread(self.writer, self.progress, period, self.options.stall_seconds,
@@ -299,12 +306,12 @@ class Recorder:
     def at_exit(self, signum: Optional[int], exception: Optional[str]) -> None:
         if self.writer is None:
             return
-        if signum is not None:
+        if self._clean and exception is None:  # also after a signal the script's own handler dealt with
+            status, message, signum = Status.FINISHED, "", None
+        elif signum is not None:
             status, message = Status.TERMINATED, f"terminated by {signal_name(signum)} {self._where()}"
         elif exception is not None:
             status, message = Status.ABORTED, exception
-        elif self._clean:
-            status, message = Status.FINISHED, ""
         else:
             status, message = Status.ABORTED, f"the process exited {self._where()}, before training ended"
         self.enabled = False
@@ -319,7 +326,25 @@ class Recorder:
         self._failure = why
         log(f"rank {self.rank}: {why}; recording stops at the next step")
 
+    def after_fork(self) -> None:
+        """In a forked child: let go of this recording without writing anything. The
+        parent's dump, progress file and online checks stay the parent's alone."""
+        self.enabled = False
+        self.online.on = False
+        writer, self.writer = self.writer, None
+        self._heartbeat = None  # its thread did not survive the fork (and its lock may be held)
+        mirror, self.progress.mirror = self.progress.mirror, None
+        if mirror is not None:
+            mirror.close()  # unmaps the child's view only
+        _OPEN.clear()  # no lock: the child has one thread, and the lock may have been held at the fork
+        if writer is not None:
+            writer.detach_in_forked_child()
+            _INHERITED.append(writer)
+
     def _close_writer(self, status: Status, message: str, signum: int = 0) -> None:
+        if os.getpid() != self._pid:  # a child forked where no at-fork hook ran (from C)
+            self.after_fork()
+            return
         writer, self.writer = self.writer, None
         if self._heartbeat is not None:
             self._heartbeat.stop()
@@ -332,7 +357,7 @@ class Recorder:
                 writer.close(status, message, signum, progress=(snap.step, snap.phase, snap.since))
             except Exception as exc:
                 log(f"could not close the dump of rank {self.rank}: {type(exc).__name__}: {exc}")
-        unwatch(self)
+        forget(self)
 
 
 def _attrs(world: World, meta: dict, options: ProbeOptions) -> dict:
@@ -343,6 +368,7 @@ def _attrs(world: World, meta: dict, options: ProbeOptions) -> dict:
         "pid": os.getpid(),
         "start_time": time.time(),
         "distcheck_version": __version__,
+        "job_id": options.job_id,  # "" when no launcher gave one (see ProbeOptions.job_id)
         "meta": json.dumps({**meta, "python": platform.python_version(), "numpy": np.__version__,
                             "comm": world.name, "every": options.every, "labels": options.labels}),
     }

@@ -120,6 +120,8 @@ def _agreement(run: Run) -> Optional[tuple[np.ndarray, np.ndarray, list[int]]]:
         return None
     ranks = run.ranks
     steps = np.unique(np.concatenate([run.readers[r].steps for r in ranks]))
+    if not len(steps):  # no rank recorded a step
+        return None
     steps = steps[_thin(len(steps))]
     rollups = np.zeros((len(ranks), len(steps), 2), np.uint64)
     present = np.zeros((len(ranks), len(steps)), bool)
@@ -207,6 +209,8 @@ def _page(analysis: Analysis, plots: list[tuple[str, str]], first: Optional[int]
              f"<p class='verdict {worst}'>{e(verdict(analysis))}</p>",
              f"<p>{len(run.get('ranks_found', []))} of {run['world_size']} rank(s), parallel mode "
              f"{e(str(run.get('parallel_mode') or 'unknown'))}"
+             + ("" if any(r["last_step"] is not None for r in run.get("ranks", {}).values()) or
+                run.get("kind") == "diff" else ", no step recorded")
              + (f"; first divergence at step {first}" if first is not None else "") + ".</p>"]
     if analysis.findings:
         parts.append("<h2>Findings</h2><table><tr><th>severity</th><th>finding</th><th>step</th><th>ranks</th>"

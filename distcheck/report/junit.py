@@ -3,7 +3,8 @@
 One test suite per run. Each check is a test case, one per replica group for the
 cross-rank checks: it passes when that check found no error there, and each error
 finding is a failing case of its own, its message the finding's. Warnings and notes
-are kept as the cases' system output, so a warning never fails a build by itself.
+are kept as the cases' system output, so a warning never fails a build by itself. A
+one-device run has no replicas, so the checks that compare them are not listed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import xml.etree.ElementTree as ET
 from distcheck.analysis import Analysis
 from distcheck.findings import Finding, Severity
 from distcheck.rules import RULES
+
+
+#: The checks that compare replicas: not run, so not listed, on one device.
+_REPLICA_CODES = ("init_mismatch", "grad_divergence", "param_divergence", "buffer_divergence", "data_not_sharded",
+                  "structure_mismatch", "replica_groups_unknown")
 
 
 def render_junit(analysis: Analysis) -> str:
@@ -25,8 +31,11 @@ def render_junit(analysis: Analysis) -> str:
     for f in analysis.findings:
         by_code.setdefault(f.code, []).append(f)
     diffing = run.get("kind") == "diff"
+    one_device = not diffing and run.get("world_size") == 1
     for code, rule in sorted(RULES.items()):
         if code.startswith("diff_") != diffing:  # a diff's checks, or an analysis's
+            continue
+        if one_device and code in _REPLICA_CODES and code not in by_code:  # no replicas to compare
             continue
         found = by_code.get(code, [])
         groups = sorted({tuple(f.detail.get("replica_group", ())) for f in found}) or [()]

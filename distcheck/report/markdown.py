@@ -16,7 +16,7 @@ def render_markdown(analysis: Analysis) -> str:
     steps = [r["last_step"] for r in ranks.values() if r["last_step"] is not None]
     lines.append(f"`{', '.join(run['dirs'])}`: {len(run.get('ranks_found', []))} of {run['world_size']} rank(s), "
                  f"{finished} finished cleanly, parallel mode {run.get('parallel_mode') or 'unknown'}"
-                 + (f", steps 0..{max(steps)}" if steps else "") + ".")
+                 + (f", steps 0..{max(steps)}" if steps else ", no step recorded") + ".")
     lines.append("")
     if analysis.findings:
         lines += ["| | finding | step | ranks | parameters | what |", "|---|---|---|---|---|---|"]

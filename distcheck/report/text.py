@@ -5,7 +5,7 @@ import textwrap
 
 from distcheck.analysis import Analysis
 from distcheck.findings import Finding, Severity, name_list
-from distcheck.report.verdict import verdict
+from distcheck.report.verdict import nothing_recorded, verdict, what_was_checked
 
 _LABEL = {Severity.ERROR: "ERROR", Severity.WARNING: "WARNING", Severity.INFO: "info"}
 
@@ -37,8 +37,10 @@ def render_text(analysis: Analysis, colour: bool = False) -> str:
         lines.append("No rank could be analysed, so nothing can be said about this run.")
     elif not roots and run.get("kind") == "diff":
         lines.append("The runs agree within tolerance at every step both recorded.")
+    elif nothing_recorded(run):
+        lines.append(f"Nothing to judge: {nothing_recorded(run)}.")
     elif not roots:
-        lines.append("No problems found: every replica agreed at every recorded step, and no health rule fired.")
+        lines.append(f"No problems found: {what_was_checked(run)}.")
     labels = dict(_GROUPS)
     order = {stage: i for i, (stage, _) in enumerate(_GROUPS)}
     shown = None
@@ -90,11 +92,10 @@ def _paint(text: str, severity: Severity, colour: bool) -> str:
 def _headline(run: dict) -> str:
     if run.get("kind") == "diff":
         a, b = run["runs"]
-        return (f"distcheck diff: {a['dir']} ({a['world_size']} rank(s), steps 0..{a['last_step']}) against "
-                f"{b['dir']} ({b['world_size']} rank(s), steps 0..{b['last_step']}), rtol {run['rtol']:g}, "
-                f"atol {run['atol']:g}")
+        return (f"distcheck diff: {b['dir']} ({b['world_size']} rank(s), {_span(b['last_step'])}) against the "
+                f"reference {a['dir']} ({a['world_size']} rank(s), {_span(a['last_step'])})")
     steps = [r["last_step"] for r in run.get("ranks", {}).values() if r["last_step"] is not None]
-    span = f", steps 0..{max(steps)}" if steps else ""
+    span = f", {_span(max(steps) if steps else None)}"
     every = f" every {run['every']} steps" if run.get("every") and run["every"] != 1 else ""
     found = len(run.get("ranks_found", []))
     calls = run.get("training_calls") or []
@@ -103,6 +104,10 @@ def _headline(run: dict) -> str:
     return (f"distcheck: {', '.join(run['dirs'])}: {found} of {run['world_size']} rank(s), "
             f"parallel mode {run.get('parallel_mode') or 'unknown'}{span}{', recorded' + every if every else ''}"
             f"{calls_text}")
+
+
+def _span(last_step) -> str:
+    return "no step recorded" if last_step is None else f"steps 0..{last_step}"
 
 
 def _finding(f: Finding, indent: str, colour: bool = False) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Optional
 
-from distcheck.analysis.progress import ProgressBar
+from distcheck.analysis.progress_bar import ProgressBar
 from distcheck.analysis.run import Run
 from distcheck.analysis.pools import Pool, SerialPool, chunks
 from distcheck.analysis.workers import shared_run, sharing
@@ -30,7 +30,10 @@ def health_checks(run: Run, config: dict[str, Any], pool: Optional[Pool] = None)
     with sharing(run):
         parts = pool.map(_judge_ranks, tasks)
     merged: dict[tuple, Finding | Note] = {}
-    for part in parts:
+    recorded: dict[str, set[int]] = {}  # series -> the ranks that recorded it
+    for part, series in parts:
+        for name, ranks in series.items():
+            recorded.setdefault(name, set()).update(ranks)
         for f in part:
             key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
             old = merged.get(key)
@@ -38,33 +41,45 @@ def health_checks(run: Run, config: dict[str, Any], pool: Optional[Pool] = None)
                 merged[key] = f
             else:
                 merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
-    return _across_ranks(list(merged.values()), run.ranks)
+    return _across_ranks(list(merged.values()), run.ranks, recorded)
 
 
-def _judge_ranks(task: tuple[list[str], list[int], dict[str, Any]]) -> list[Finding | Note]:
+def _judge_ranks(task: tuple[list[str], list[int], dict[str, Any]]
+                 ) -> tuple[list[Finding | Note], dict[str, list[int]]]:
+    """The findings of ``ranks``, and which of them recorded each trend's series."""
     dirs, ranks, config = task
     run = shared_run(dirs)
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
     out: list[Finding | Note] = []
+    series: dict[str, list[int]] = {"loss": [], "grad": []}
     with ProgressBar("health rules", len(ranks)) as bar:
         for rank in ranks:
             rank_data = RankData(run.readers[rank])
             for code, r in RULES.items():
                 if not r.cross_rank and code not in disabled:
                     out.extend(r.check(rank_data, settings.get(code) or {}))
+            if (rank_data.loss_mask & (rank_data.steps > 0)).any():
+                series["loss"].append(rank)
+            if rank_data.grad_mask.any():
+                series["grad"].append(rank)
             bar.advance()
-    return out
+    return out, series
 
 
 #: Rules on a series every rank has its own of (its minibatch losses, its gradients'
-#: norm): one finding per code for the job, saying whether every rank saw it.
-_TRENDS = ("loss_diverging", "loss_not_decreasing", "loss_zero", "grad_exploding")
+#: norm), and that series: one finding per code for the job, saying whether every rank
+#: that records the series saw it.
+_TRENDS = {"loss_diverging": "loss", "loss_not_decreasing": "loss", "loss_zero": "loss", "grad_exploding": "grad"}
+_SERIES = {"loss": "loss", "grad": "gradients"}
 
 
-def _across_ranks(results: list[Finding | Note], ranks: list[int]) -> list[Finding | Note]:
-    """Merge each trend code's per-rank findings into the earliest, and compare the ranks:
-    a trend on every rank has a job-wide cause; on a few, those ranks' data."""
+def _across_ranks(results: list[Finding | Note], all_ranks: list[int], recorded: dict[str, set[int]]
+                  ) -> list[Finding | Note]:
+    """Merge each trend code's per-rank findings into the earliest, and compare the ranks
+    that record its series (a non-last pipeline stage records no loss; a rank whose
+    gradient copy was refused, no gradients): a trend on every one has a job-wide cause;
+    on a few, those ranks' data."""
     out: list[Finding | Note] = []
     trends: dict[str, list[Finding]] = {}
     for f in results:
@@ -76,15 +91,22 @@ def _across_ranks(results: list[Finding | Note], ranks: list[int]) -> list[Findi
         found.sort(key=lambda f: (f.step if f.step is not None else -1, f.ranks))
         first = found[0]
         seen = sorted({r for f in found for r in f.ranks})
+        series = _TRENDS[code]
+        ranks = sorted(recorded.get(series, set()) | set(seen))
         if len(ranks) < 2:
             out.append(first)
             continue
         others = [r for r in ranks if r not in seen]
-        if not others:
+        silent = [r for r in all_ranks if r not in ranks]
+        if not others and not silent:
             where = f" Every rank's series shows it (rank {first.ranks[0]} first): a job-wide cause."
+        elif not others:
+            where = (f" Every rank that records its {_SERIES[series]} shows it (rank {first.ranks[0]} first; rank(s) "
+                     f"{', '.join(map(str, silent))} record none): a job-wide cause.")
         else:
             where = (f" Only rank(s) {', '.join(map(str, seen))} show it; the same series of rank(s) "
-                     f"{', '.join(map(str, others))} at the same steps do not: look at the data those ranks read.")
+                     f"{', '.join(map(str, others))} at the same steps do not: look at the data those ranks read."
+                     + (f" (Rank(s) {', '.join(map(str, silent))} record no {_SERIES[series]}.)" if silent else ""))
         out.append(replace(first, ranks=tuple(seen), message=first.message + where))
     return out
 

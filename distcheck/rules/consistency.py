@@ -5,8 +5,9 @@ from distcheck.rules.registry import document
 
 document("init_mismatch", Severity.ERROR, "init", "weights differ across replicas at step 0", """
     Phenomenon: before the first update, replicas of a data-parallel group hold different
-    weights: trainable parameters, or frozen ones (``requires_grad=False`` and never changed
-    during the run: a frozen pretrained backbone, the embeddings of a fine-tune). Every
+    weights: trainable parameters, or frozen ones (``requires_grad=False`` and not a buffer
+    the network updates itself: a frozen pretrained backbone, the embeddings of a
+    fine-tune). Every
     later step is then computed from different weights; the gradient all-reduce hides it
     from the loss curve.
 
@@ -44,7 +45,9 @@ document("param_divergence", Severity.ERROR, "param", "parameters agreed, then d
 
     Likely causes when the gradients agreed: optimizer settings that differ by rank (learning
     rate, weight decay, loss scale), optimizer state that differs (a restored state on some
-    ranks), a write to the parameters outside the optimizer, a bit flip in memory.
+    ranks), a write to the parameters outside the optimizer, a bit flip in memory. For a
+    frozen weight (``requires_grad=False``), which no update changes: weights loaded, or
+    code that writes to it, on some ranks only.
 
     Detection: digests by majority vote; only parameters that newly disagree are named.
 
@@ -53,11 +56,13 @@ document("param_divergence", Severity.ERROR, "param", "parameters agreed, then d
     """)
 
 document("buffer_divergence", Severity.WARNING, "buffer", "buffers the network updates itself differ across replicas", """
-    Phenomenon: buffers, the non-trainable parameters the network updates itself (they
-    changed during the run, e.g. BatchNorm's moving_mean and moving_variance), differ across
-    replicas. Each rank updates them from its own batches. Non-trainable parameters that
-    never change are frozen weights, and a difference there is init_mismatch or
-    param_divergence, an error.
+    Phenomenon: buffers, the non-trainable parameters the network updates itself, differ
+    across replicas. Each rank updates them from its own batches. A non-trainable parameter
+    is a buffer when it is named like a running statistic (BatchNorm's moving_mean and
+    moving_variance, running_mean, running_var, num_batches_tracked) or changed during the
+    run on every rank. Any other non-trainable parameter is a frozen weight, including one
+    that changed on some ranks only (something wrote to it there): a difference there is
+    init_mismatch or param_divergence, an error.
 
     Likely causes: BatchNorm without synchronisation. This is expected and does not affect the
     trained weights, but evaluation and saved checkpoints differ by rank.

@@ -75,12 +75,18 @@ def class_imbalance(rank: RankData, settings: dict):
     Likely causes: data set (unbalanced classes, a filtering step that dropped a class);
     data processing (sharding or sampling that skews the classes).
 
+    Classes judged: those that occur in the labels (ids need not start at 0 nor be
+    contiguous: labels 1..N, or sparse category ids, are fine). A class that never occurs
+    is not known to exist unless ``classes`` declares how many there are (ids
+    0..classes-1): then every declared class is judged, and one never seen counts as seen 0
+    times.
+
     Defaults: flagged when the most common class is seen more than ``ratio`` 10 times as
-    often as the rarest class between 0 and the largest label (smdebug ClassImbalance:
-    threshold_imbalance 10), once at least ``min_samples`` 200 labels were seen and at
-    least ``min_per_class`` 50 per class on average. Fewer are sampling noise, not
-    imbalance: 768 uniform labels of 64 classes leave some class unseen (a note says the
-    balance was not judged).
+    often as the rarest class judged (smdebug ClassImbalance: threshold_imbalance 10),
+    once at least ``min_samples`` 200 labels were seen and at least ``min_per_class`` 50
+    per class on average. Fewer are sampling noise, not imbalance: 768 uniform labels of
+    64 classes leave some class unseen, and others seen a few times (a note says the
+    balance was not judged). ``classes`` is null (not declared).
 
     Fix: rebalance: oversample rare classes, weight the loss by class, or collect more data.
     """
@@ -88,22 +94,30 @@ def class_imbalance(rank: RankData, settings: dict):
     total = int(counts.sum())
     if total < settings["min_samples"] or not counts.any():
         return []
-    top = int(np.flatnonzero(counts)[-1])
-    present = counts[: top + 1]
-    if len(present) < 2:
-        return []
-    if total < settings["min_per_class"] * len(present):
+    declared = settings.get("classes")
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared < 2):
         return [Note("class_imbalance", (rank.rank,),
-                     f"class balance not judged: {total} labels over {len(present)} classes, "
+                     f"class balance judged on the classes that occur: rules.class_imbalance.classes must be the "
+                     f"number of classes (2 or more), got {declared!r}")]
+    occurring = counts > 0
+    if declared is not None:
+        occurring[: min(declared, schema.MAX_CLASSES)] = True
+    classes = np.flatnonzero(occurring)
+    if len(classes) < 2:
+        return []
+    if total < settings["min_per_class"] * len(classes):
+        return [Note("class_imbalance", (rank.rank,),
+                     f"class balance not judged: {total} labels over {len(classes)} classes, "
                      f"{settings['min_per_class']} per class are needed (rules.class_imbalance.min_per_class)")]
-    rare, common = int(np.argmin(present)), int(np.argmax(present))
-    ratio = present[common] / max(present[rare], 1)
+    seen = counts[classes]
+    rare, common = int(classes[np.argmin(seen)]), int(classes[np.argmax(seen)])
+    ratio = counts[common] / max(counts[rare], 1)
     if ratio <= settings["ratio"]:
         return []
     return [finding("class_imbalance", None, [rank.rank], [],
-                    f"Labels are imbalanced: class {common} was seen {int(present[common])} times, class {rare} "
-                    f"{int(present[rare])} times ({ratio:.0f}x) over {total} labels ({label_source(rank)}). "
-                    "Rebalance the data or weight the loss.")]
+                    f"Labels are imbalanced: class {common} was seen {int(counts[common])} times, class {rare} "
+                    f"{int(counts[rare])} times ({ratio:.0f}x) over {total} labels of {len(classes)} classes "
+                    f"({label_source(rank)}). Rebalance the data or weight the loss.")]
 
 
 @rule("data_not_shuffled", Severity.WARNING, "data", "consecutive batches look ordered by label")

@@ -43,7 +43,11 @@ def loss_diverging(rank: RankData, settings: dict):
     """
     Phenomenon: the loss runs away: its trailing median over ``window`` recorded steps climbs
     to more than ``growth`` times the lowest that median has been (and by more than
-    ``min_delta`` in absolute terms).
+    ``min_delta`` in absolute terms). The loss is judged with its sign: a loss that may go
+    below zero (a Gaussian negative log-likelihood, a loss with an offset) runs away when
+    its median rises above its lowest by more than ``growth - 1`` times that lowest's
+    magnitude (the same rule, for a positive loss), so a healthy loss that crosses zero is
+    not a divergence.
 
     Judging a median, not single values, keeps the per-rank minibatch noise of small batches
     quiet (a healthy run with batch 8 swings from 0.001 to 1 between steps); a real
@@ -64,23 +68,26 @@ def loss_diverging(rank: RankData, settings: dict):
     """
     steps, loss = _training_loss(rank)
     finite = np.isfinite(loss)
-    steps, loss = steps[finite], np.abs(loss[finite])
+    steps, loss = steps[finite], loss[finite]
     if len(loss) < 4:
         return []
     window = max(1, min(int(settings["window"]), len(loss) // 4))
     smooth = rolling_median(loss, window)
     run_min = np.minimum.accumulate(smooth)
-    base = np.maximum(run_min, 1e-12)
-    bad = (smooth > settings["growth"] * base) & (smooth - run_min > settings["min_delta"])
+    rise = smooth - run_min
+    # For a positive minimum, rise > (growth - 1) * minimum is smooth > growth * minimum.
+    bad = (rise > (settings["growth"] - 1) * np.abs(run_min)) & (rise > settings["min_delta"])
     bad[:window - 1] = False
     if not bad.any():
         return []
     i = int(np.argmax(bad))
+    how_far = (f"{smooth[i] / run_min[i]:.0f}x its lowest, {run_min[i]:.4g} (threshold {settings['growth']:g}x)"
+               if run_min[i] > 0 else f"{rise[i]:.4g} above its lowest, {run_min[i]:.4g} (threshold "
+               f"{settings['growth'] - 1:g} times the lowest's magnitude, and {settings['min_delta']:g})")
     return [finding("loss_diverging", int(steps[i]), [rank.rank], [],
                     f"The loss ran away at step {int(steps[i])}: its median over the last {window} recorded "
-                    f"step(s) reached {smooth[i]:.4g}, {smooth[i] / base[i]:.0f}x its lowest, {run_min[i]:.4g} "
-                    f"(threshold {settings['growth']:g}x). Lower the learning rate, or add warm-up or gradient "
-                    "clipping.")]
+                    f"step(s) reached {smooth[i]:.4g}, {how_far}. Lower the learning rate, or add warm-up or "
+                    "gradient clipping.")]
 
 
 @rule("loss_not_decreasing", Severity.WARNING, "loss", "no meaningful decrease of the loss over the run")
@@ -104,6 +111,8 @@ def loss_not_decreasing(rank: RankData, settings: dict):
     update_ratio_small), then the gradients (grad_vanishing) and the data.
     """
     steps, loss = _training_loss(rank)
+    if not len(loss):  # no loss recorded here (a non-last pipeline stage, a probe that failed)
+        return []
     loss = loss[np.isfinite(loss)]
     if len(loss) < int(settings["min_steps"]):
         return [Note("loss_not_decreasing", (rank.rank,),

@@ -4,18 +4,15 @@ Any problem with a file (truncated, empty, foreign, of a newer format) becomes a
 :class:`DumpError` that names the file and says what to do; never a traceback.
 Per-step series that are small (steps, loss, rollups) are read whole; per-parameter
 digests and statistics are read by step range.
+
+Beside it: the validation of files in a forked child (:mod:`distcheck.store.screening`),
+the pool of open files (:mod:`distcheck.store.open_files`), and the SWMR open with its
+setting in libhdf5 (:mod:`distcheck.store.libhdf5`).
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import glob
 import json
 import os
-import select
-import signal
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +20,13 @@ import h5py
 import numpy as np
 
 from distcheck.store import schema
+from distcheck.store.errors import DumpError
+from distcheck.store.libhdf5 import open_swmr
+from distcheck.store.open_files import OPEN_FILES
 from distcheck.store.schema import ParamInfo, Phase, Status
+from distcheck.store.screening import Screening
+
+__all__ = ["DumpError", "DumpReader", "Heartbeat", "Stack", "screen", "validated_state"]
 
 
 #: Runs of at most this many recorded steps have their small per-step series (a few
@@ -33,17 +36,6 @@ PREFETCH_STEPS = 4096
 
 #: Larger world sizes are taken for damage.
 MAX_WORLD_SIZE = 1 << 20
-
-
-class DumpError(Exception):
-    """A dump file that cannot be used. ``str()`` is a complete, actionable message."""
-
-    def __init__(self, path: str, problem: str, hint: str = "") -> None:
-        self.path, self.problem, self.hint = path, problem, hint
-        super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
-
-    def __reduce__(self):  # raised in an analysis worker, re-raised in the parent
-        return DumpError, (self.path, self.problem, self.hint)
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,7 @@ class DumpReader:
         self.problems: list[str] = []
         self._h5: Optional[h5py.File] = None
         if check_hangs and hasattr(os, "fork"):
-            with Screening([path]) as screening:
+            with Screening([path], validated_state) as screening:
                 self.__dict__.update(screening.state(0))
             return
         try:
@@ -96,7 +88,7 @@ class DumpReader:
             self.close()
             raise DumpError(path, f"damaged dump: {exc}", "re-run the job, or leave this rank's file out") from None
         finally:
-            self._release()  # opened again on demand
+            self.release()  # opened again on demand
 
     @classmethod
     def validated(cls, path: str, state: dict) -> "DumpReader":
@@ -106,15 +98,25 @@ class DumpReader:
         reader.__dict__.update(state)
         return reader
 
+    def state(self) -> dict:
+        """What validation learnt of the file, for :meth:`validated` in this or another
+        process (see :mod:`distcheck.store.screening`)."""
+        return {"version": self.version, "rank": self.rank, "world_size": self.world_size, "meta": self.meta,
+                "n_steps": self.n_steps, "steps": self.steps, "problems": self.problems, "params": self.params,
+                "activations": self.activations, "status": self.status, "status_message": self.status_message,
+                "status_signal": self.status_signal, "_attrs": self._attrs, "_last_beat": self._last_beat,
+                "_n_stacks": self._n_stacks, "_series": self._series}
+
     @property
     def _file(self) -> h5py.File:
         """The open HDF5 file, opened again if the pool of open files closed it."""
         if self._h5 is None:
             self._h5 = _open(self.path)
-        _OPEN_FILES.use(self)
+        OPEN_FILES.use(self)
         return self._h5
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Close the file; it is opened again on demand."""
         h5, self._h5 = self._h5, None
         if h5 is not None:
             h5.close()
@@ -333,51 +335,14 @@ class DumpReader:
                             "this rank was left out of the analysis; re-run the job") from None
 
     def close(self) -> None:
-        _OPEN_FILES.forget(self)
-        self._release()
+        OPEN_FILES.forget(self)
+        self.release()
 
     def __enter__(self) -> "DumpReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _OpenFiles:
-    """The readers whose files are open, at most ``limit`` at once: a run of thousands of
-    ranks keeps a bounded number of HDF5 files (and their caches) open, closing the least
-    recently used first. A reader opens its file again when it next needs it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._readers: "OrderedDict[int, DumpReader]" = OrderedDict()
-
-    def use(self, reader: "DumpReader") -> None:
-        key = id(reader)
-        if key in self._readers:
-            self._readers.move_to_end(key)
-            return
-        self._readers[key] = reader
-        while len(self._readers) > self.limit:
-            _, oldest = self._readers.popitem(last=False)
-            oldest._release()
-
-    def forget(self, reader: "DumpReader") -> None:
-        self._readers.pop(id(reader), None)
-
-    def close_all(self) -> None:
-        while self._readers:
-            _, reader = self._readers.popitem(last=False)
-            reader._release()
-
-
-_OPEN_FILES = _OpenFiles(limit=64)
-
-
-def close_open_files() -> None:
-    """Close every file readers hold open (they open them again when needed), e.g.
-    before forking workers that must open their own."""
-    _OPEN_FILES.close_all()
 
 
 def _open(path: str) -> h5py.File:
@@ -398,217 +363,24 @@ def _open(path: str) -> h5py.File:
         first = str(exc)
     if "already open" in first or "lock" in first:
         try:
-            return _open_swmr(path)
+            return open_swmr(path)
         except Exception as exc:
             first = f"{first}; as a live or crashed writer's file: {exc}"
     what = "truncated file" if "truncated" in first else "not a readable HDF5 file"
     raise DumpError(path, what, f"the file was cut short or damaged, or is not a distcheck dump: {first}")
 
 
-#: Seconds a file may take to open and validate before it is declared unreadable.
-OPEN_TIMEOUT = 15.0
-
-
-class Screening:
-    """Validate files in one forked child, which hands the parent what it learnt.
-
-    Some damage sends HDF5 itself into an endless loop (seen: a zeroed block under an
-    attribute heap), which no exception or signal in this process can stop, and some
-    crashes it. A child validates the files one after the other and sends each result
-    (the reader's state, or its :class:`DumpError`) through a pipe; the parent never
-    validates a file itself. A child silent for ``OPEN_TIMEOUT`` on one file is killed, a
-    child that dies is reaped; that file is reported and a new child goes on with the
-    next. So a run of a thousand ranks costs one fork and one validation per file.
-    Without fork, files are validated here.
-
-    Use as a context manager: the child is reaped on exit.
-    """
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = list(paths)
-        self.received = 0  # results received, in order
-        self._results: dict[int, bytes] = {}
-        self._pid, self._fd = 0, -1
-        self._buffer = b""
-        if hasattr(os, "fork") and self.paths:
-            self._start()
-
-    def reader(self, index: int) -> "DumpReader":
-        """The validated reader of file ``index``; raises its :class:`DumpError`."""
-        if not hasattr(os, "fork"):
-            return DumpReader(self.paths[index], check_hangs=False)
-        return DumpReader.validated(self.paths[index], self.state(index))
-
-    def state(self, index: int) -> dict:
-        return decode_state(self.message(index))
-
-    def message(self, index: int) -> bytes:
-        """What the child learnt of file ``index``, encoded (see :func:`decode_state`)."""
-        while index not in self._results:
-            self._receive()
-        return self._results.pop(index)
-
-    def _start(self) -> None:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: validate, send, exit at once without cleanup
-            os.close(read_end)
-            for path in self.paths[self.received:]:
-                try:
-                    message = _encode_state(DumpReader(path, check_hangs=False))
-                except DumpError as exc:
-                    message = _encode_error(exc)
-                except BaseException as exc:
-                    message = _encode_error(DumpError(path, f"damaged dump: {exc}"))
-                _write_all(write_end, len(message).to_bytes(8, "little") + message)
-            os._exit(0)
-        os.close(write_end)
-        self._pid, self._fd, self._buffer = pid, read_end, b""
-
-    def _receive(self) -> None:
-        """Take the next result from the child; on a hang or a crash, report that file."""
-        if not self._pid:
-            raise DumpError(self.paths[self.received], "not validated (the screening child is gone)")
-        deadline = time.monotonic() + OPEN_TIMEOUT
-        while True:
-            if len(self._buffer) >= 8:
-                size = int.from_bytes(self._buffer[:8], "little")
-                if len(self._buffer) >= 8 + size:
-                    self._results[self.received] = self._buffer[8:8 + size]
-                    self._buffer = self._buffer[8 + size:]
-                    self.received += 1
-                    if self.received == len(self.paths):
-                        self._stop(kill=False)
-                    return
-            ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(self._fd, 1 << 20) if ready else b""
-            if chunk:
-                self._buffer += chunk
-                continue
-            path = self.paths[self.received]
-            if ready:  # end of file: the child died on this file
-                error = DumpError(path, "opening the file crashed the reader",
-                                  "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
-            else:
-                error = DumpError(path, f"opening the file did not finish in {OPEN_TIMEOUT:g} s",
-                                  "its HDF5 structures are damaged; re-run the job, or leave this rank's file out")
-            self._stop(kill=True)
-            self._results[self.received] = _encode_error(error)
-            self.received += 1
-            if self.received < len(self.paths):
-                self._start()
-            return
-
-    def _stop(self, kill: bool) -> None:
-        if not self._pid:
-            return
-        if kill:
-            try:
-                os.kill(self._pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        os.close(self._fd)
-        os.waitpid(self._pid, 0)
-        self._pid, self._fd = 0, -1
-
-    def __enter__(self) -> "Screening":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop(kill=True)
+def validated_state(path: str) -> dict:
+    """Validate ``path`` here: what a screening child hands over (see :meth:`DumpReader.state`)."""
+    return DumpReader(path, check_hangs=False).state()
 
 
 def screen(paths: list[str]) -> list[bytes]:
     """Validate ``paths`` in a screening child: each file's encoded state or error, for
-    :func:`decode_state` in this or another process. Analysis workers each screen a
-    share of a run's files with it."""
-    with Screening(paths) as screening:
+    :func:`distcheck.store.screening.decode_state` in this or another process. Analysis
+    workers each screen a share of a run's files with it."""
+    with Screening(paths, validated_state) as screening:
         return [screening.message(i) for i in range(len(paths))]
-
-
-# What a screening child hands over: a JSON header, then the arrays' raw bytes, which the
-# header describes by plain numeric dtype and shape. Data, never code, even from a file
-# built to attack the reader.
-def _encode_state(reader: "DumpReader") -> bytes:
-    arrays = {"steps": reader.steps, **reader._series}
-    if reader._last_beat is not None:
-        arrays["last_heartbeat"] = reader._last_beat
-    header = {"version": reader.version, "rank": reader.rank, "world_size": reader.world_size, "meta": reader.meta,
-              "params": [[p.name, list(p.shape), p.dtype, p.trainable, p.has_grad] for p in reader.params],
-              "activations": [list(a) for a in reader.activations], "n_steps": reader.n_steps,
-              "problems": reader.problems, "status": int(reader.status), "status_message": reader.status_message,
-              "status_signal": reader.status_signal, "attrs": reader._attrs, "n_stacks": reader._n_stacks,
-              "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
-    text = json.dumps(header).encode()
-    return b"".join([len(text).to_bytes(8, "little"), text,
-                     *(np.ascontiguousarray(a).tobytes() for a in arrays.values())])
-
-
-def _encode_error(error: DumpError) -> bytes:
-    text = json.dumps({"error": [error.path, error.problem, error.hint]}).encode()
-    return len(text).to_bytes(8, "little") + text
-
-
-def decode_state(message: bytes) -> dict:
-    """A reader's state (see :meth:`DumpReader.validated`); raises the file's
-    :class:`DumpError` if it had one."""
-    size = int.from_bytes(message[:8], "little")
-    header = json.loads(message[8:8 + size])
-    if "error" in header:
-        raise DumpError(*header["error"])
-    arrays, offset = {}, 8 + size
-    for name, dtype, shape in header["arrays"]:
-        dtype = np.dtype(dtype)
-        if dtype.kind not in "biuf":
-            raise ValueError(f"unexpected dtype {dtype} in a screening result")
-        count = int(np.prod(shape, dtype=np.int64))
-        arrays[name] = np.frombuffer(message, dtype, count, offset).reshape(shape).copy()
-        offset += count * dtype.itemsize
-    steps, last_beat = arrays.pop("steps"), arrays.pop("last_heartbeat", None)
-    return {"version": header["version"], "rank": header["rank"], "world_size": header["world_size"],
-            "meta": header["meta"], "n_steps": header["n_steps"], "steps": steps, "problems": header["problems"],
-            "params": [ParamInfo(n, tuple(shape), d, t, g) for n, shape, d, t, g in header["params"]],
-            "activations": [tuple(a) for a in header["activations"]], "status": Status(header["status"]),
-            "status_message": header["status_message"], "status_signal": header["status_signal"],
-            "_attrs": header["attrs"], "_last_beat": last_beat, "_n_stacks": header["n_stacks"], "_series": arrays}
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-#: Metadata read attempts of an SWMR reader. HDF5's default (100, with back-off) makes a
-#: damaged file look like a hang; a live writer's torn reads need only a few.
-SWMR_READ_ATTEMPTS = 10
-
-
-def _open_swmr(path: str) -> h5py.File:
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
-    lib = _hdf5_library()
-    if lib is not None:
-        lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(SWMR_READ_ATTEMPTS))
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
-    return h5py.File(fid)
-
-
-@functools.lru_cache(maxsize=1)
-def _hdf5_library() -> Optional[ctypes.CDLL]:
-    """The HDF5 library h5py runs on, for the one setting h5py does not expose."""
-    here = os.path.dirname(h5py.__file__)
-    candidates = glob.glob(os.path.join(here, "..", "h5py.libs", "libhdf5-*.so*")) + \
-        glob.glob(os.path.join(here, ".dylibs", "libhdf5.*.dylib"))
-    candidates = [c for c in candidates if "_hl" not in os.path.basename(c)]
-    for candidate in candidates:
-        try:
-            lib = ctypes.CDLL(candidate)
-            lib.H5Pset_metadata_read_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint]
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
 
 
 def _heartbeat(row: np.ndarray) -> Heartbeat:
@@ -619,7 +391,7 @@ def _heartbeat(row: np.ndarray) -> Heartbeat:
 
 
 #: Attributes read at open (see :meth:`DumpReader.attr`).
-_PREFETCHED_ATTRS = ("hostname", "pid")
+_PREFETCHED_ATTRS = ("hostname", "pid", "job_id")
 
 
 def _shape(f: h5py.File, path: str) -> tuple[int, ...]:

@@ -1,12 +1,15 @@
 """Small JSON records beside the dumps: how the job ended, how each process ended.
 
-- ``job.json``, written by ``distcheck launch``: the command, the launcher, and, when
-  the job is over, its exit code and whether it was stopped from outside (a signal to
-  ``distcheck launch``) or by ``--stall-timeout``.
+- ``job.json``, written by ``distcheck launch``: the job's id, the command, the
+  launcher, and, when the job is over, its exit code and whether it was stopped from
+  outside (a signal to ``distcheck launch``) or by ``--stall-timeout``.
 - ``ends/<host>-<pid>.json``, written by the supervisor that runs each training
   process: the process's real exit code or signal, observed from outside, so it is
   known even after SIGKILL. ``<pid>`` is the training process, as in its dump's
   ``pid`` attribute.
+
+Both carry the job's id (``job_id``, as each dump's attribute of that name; "" when
+the job had none), so that files of two jobs are never read as one.
 
 Files are replaced atomically; a missing or unreadable record reads as None.
 """
@@ -32,6 +35,7 @@ class ProcessEnd:
     exit_code: Optional[int]
     signal: Optional[int]
     time: float
+    job_id: str = ""
 
 
 def signal_name(number: int) -> str:
@@ -77,7 +81,7 @@ def read_end(run_dir: str, hostname: str, pid: int) -> Optional[ProcessEnd]:
         return None
     try:
         return ProcessEnd(str(data["hostname"]), int(data["pid"]), _optional_int(data.get("exit_code")),
-                          _optional_int(data.get("signal")), float(data["time"]))
+                          _optional_int(data.get("signal")), float(data["time"]), str(data.get("job_id") or ""))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -88,6 +92,24 @@ def job_path(run_dir: str) -> str:
 
 def read_job(run_dir: str) -> dict[str, Any]:
     return read_json(job_path(run_dir)) or {}
+
+
+def job_ids_beside(run_dir: str) -> dict[str, str]:
+    """The job id of ``job.json`` and of each ``ends/`` record in ``run_dir`` that has
+    one, by path."""
+    paths = [job_path(run_dir)]
+    ends = os.path.join(run_dir, schema.ENDS_DIR)
+    try:
+        paths += [os.path.join(ends, n) for n in sorted(os.listdir(ends))
+                  if n.endswith(".json") and not n.startswith(".tmp-")]
+    except OSError:
+        pass
+    found = {}
+    for path in paths:
+        job_id = str((read_json(path) or {}).get("job_id") or "")
+        if job_id:
+            found[path] = job_id
+    return found
 
 
 def _optional_int(value) -> Optional[int]:

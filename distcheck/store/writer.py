@@ -14,6 +14,7 @@ lock; nothing here may be called from a signal handler.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Sequence
@@ -43,7 +44,8 @@ class DumpWriter:
         self._lock = threading.Lock()
         self._last_flush = time.time()
         self._closed = False
-        self._rows = 0
+        self._rows = 0  # rows buffered
+        self._written = 0  # rows on disk
         self._stacks = 0
         self._skipped: list[int] = []  # skipped steps not yet written
         self._layout = schema.step_layout(len(self.params), len(self.activations))
@@ -115,6 +117,8 @@ class DumpWriter:
         with self._lock:
             if self._closed:
                 return
+            if self._rows == schema.BLOCK:  # a flush was interrupted: retry before buffering more
+                self._flush_locked()
             i = self._rows
             for path, (_, _, fill) in self._layout.items():
                 self._buf[path][i] = row.get(path, fill)
@@ -206,25 +210,46 @@ class DumpWriter:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        """Write the buffered rows, all or nothing: an exception on the way (a
+        KeyboardInterrupt from a signal handler, a full disk) cuts the datasets back to
+        the rows written before, and the rows stay buffered for the next flush, which
+        writes them at the same place. The step numbers go last: a reader trusts the
+        shortest dataset, so a crash in between loses these rows rather than leaving
+        rows with values missing."""
         if self._closed:
             return
         n = self._rows
         if n:
-            for path, buf in self._buf.items():
-                ds = self._file[path]
-                start = ds.shape[0]
-                ds.resize(start + n, axis=0)
-                ds[start:start + n] = buf[:n]
-            self._rows = 0
+            start = self._written
+            self._append_all_or_nothing([(path, self._buf[path][:n]) for path in self._write_order()], start)
+            self._written, self._rows = start + n, 0
         if self._skipped:
             ds = self._file[schema.SKIPPED]
-            start = ds.shape[0]
-            ds.resize(start + len(self._skipped), axis=0)
-            ds[start:] = self._skipped
+            self._append_all_or_nothing([(schema.SKIPPED, np.asarray(self._skipped, np.int64))], ds.shape[0])
             self._skipped = []
         self._file[schema.LABEL_COUNTS][...] = self.label_counts
         self._file.flush()
         self._last_flush = time.time()
+
+    def _write_order(self) -> list[str]:
+        return [path for path in self._buf if path != schema.STEP] + [schema.STEP]
+
+    def _append_all_or_nothing(self, columns: list[tuple[str, np.ndarray]], start: int) -> None:
+        """Write each ``(path, rows)`` at row ``start`` of its dataset; on any exception,
+        cut every dataset back to ``start`` rows and re-raise."""
+        try:
+            for path, rows in columns:
+                ds = self._file[path]
+                ds.resize(start + len(rows), axis=0)
+                ds[start:start + len(rows)] = rows
+        except BaseException:
+            for path, _ in columns:
+                try:
+                    if self._file[path].shape[0] > start:
+                        self._file[path].resize(start, axis=0)
+                except Exception:  # the next flush overwrites the same rows anyway
+                    pass
+            raise
 
     def _beat_locked(self, step: int, phase: Phase, since: float) -> None:
         ds = self._file[schema.HEARTBEAT]
@@ -252,6 +277,23 @@ class DumpWriter:
             finally:
                 self._closed = True
                 self._file.close()
+
+    def detach_in_forked_child(self) -> None:
+        """In a forked child: make sure nothing here ever reaches the parent's file.
+
+        The child's copy of the file's descriptor is pointed at /dev/null, so that
+        whatever HDF5 writes from the child (it closes open files when the child exits)
+        goes nowhere; the caller keeps this object so that it is never closed."""
+        self._closed = True
+        try:
+            fd = self._file.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:  # a file driver without a descriptor: nothing to redirect
+            pass
 
 
 def _strings(f: h5py.File, path: str, values: list[str]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from distcheck.recording import fused, summaries  # noqa: E402
+from distcheck.recording import fused, summaries, update_norms  # noqa: E402
 from distcheck.store.schema import ParamInfo  # noqa: E402
 
 SHAPES = [(1600, 1600), (1600,)] * 4 + [(64, 1600), (64,)]
@@ -42,7 +42,7 @@ def main() -> None:
     infos = [ParamInfo(f"p{i}", s, "float32", True, True) for i, s in enumerate(SHAPES)]
     evict = np.ones(256 << 18, np.float32)  # 256 MB
     library = fused.library()
-    kept = {True: summaries.Previous(), False: summaries.Previous()}
+    kept = {True: update_norms.Previous(), False: update_norms.Previous()}
     times = {(kernel, kind): [] for kernel in (True, False) for kind in ("param", "grad")}
     for _ in range(args.repeats + 1):
         for kernel in (True, False):

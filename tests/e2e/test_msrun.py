@@ -88,6 +88,13 @@ def test_a_frozen_weight_that_differs_is_an_init_mismatch_not_a_buffer(tmp_path)
     assert "frozen" in f["message"] and not result.findings("buffer_divergence")
 
 
+def test_a_frozen_weight_written_to_mid_run_on_one_rank_is_an_error_not_a_buffer(tmp_path):
+    result = launch(str(tmp_path), "train_mlp.py", "--bug", "frozen_nudge")
+    f = only(result, "param_divergence")
+    assert (f["severity"], f["step"], f["ranks"], f["params"]) == ("error", 5, [2], ["fc1.weight"])
+    assert "frozen" in f["message"] and not result.findings("buffer_divergence")
+
+
 def test_a_second_model_train_call_continues_the_record_as_a_segment(tmp_path):
     import h5py
 

@@ -50,6 +50,27 @@ def test_a_loss_trend_is_compared_across_ranks(tmp_path):
     assert (f.code, f.ranks) == ("loss_diverging", (1,)) and "rank(s) 0, 2 at the same steps do not" in f.message
 
 
+def test_ranks_that_record_no_loss_are_not_counted_against_a_trend(tmp_path):
+    # ranks 0 and 1 are non-last pipeline stages (they record no loss); 2 and 3 both run away
+    for rank in range(4):
+        write(str(tmp_path), rank=rank, size=4,
+              loss=(lambda s: None) if rank < 2 else (lambda s: 1.0 if s < 20 else 3.0 ** (s - 19)))
+    (f,) = all_findings(str(tmp_path))
+    assert (f.code, f.ranks) == ("loss_diverging", (2, 3)) and "job-wide" in f.message
+    assert "rank(s) 0, 1 record none" in f.message and "look at the data" not in f.message
+
+
+def test_a_healthy_loss_that_crosses_zero_is_not_a_divergence(tmp_path):
+    # a Gaussian negative log-likelihood: from 2 down through 0 to -2, slowly, with noise
+    noise = np.random.default_rng(5).normal(0, 0.05, 301)
+    write(str(tmp_path), steps=300, loss=lambda s: max(2.0 - s / 50, -2.0) + float(noise[s]))
+    assert judge(str(tmp_path), "loss_diverging") == []
+    # the same loss running away from -2 is still caught
+    write(str(tmp_path / "b"), steps=300, loss=lambda s: max(2.0 - s / 50, -2.0) if s < 250 else 3.0 ** (s - 249))
+    (f,) = judge(str(tmp_path / "b"), "loss_diverging")
+    assert 250 < f.step < 270 and "above its lowest, -2" in f.message
+
+
 def test_a_single_loss_spike_is_not_a_divergence(tmp_path):
     write(str(tmp_path), loss=lambda s: 2.0 / s if s != 30 else 50.0)
     assert judge(str(tmp_path), "loss_diverging") == []
@@ -215,6 +236,19 @@ def test_class_imbalance(tmp_path):
     write(str(tmp_path), batch=batch)
     (f,) = judge(str(tmp_path), "class_imbalance")
     assert "class 0" in f.message
+
+
+def test_labels_that_start_at_1_are_balanced(tmp_path):
+    def batch(s):  # classes 1..4, uniform: there is no class 0
+        return [healthy_batch(s)[0], np.random.default_rng(s).integers(1, 5, 32).astype(np.int32)]
+
+    write(str(tmp_path), batch=batch)
+    assert judge(str(tmp_path), "class_imbalance") == []
+    # declared: 5 classes (0..4), so class 0 exists and was never seen
+    (f,) = judge(str(tmp_path), "class_imbalance", classes=5)
+    assert "class 0 0 times" in f.message and "of 5 classes" in f.message
+    (note,) = judge(str(tmp_path), "class_imbalance", classes="five")
+    assert isinstance(note, Note) and "must be the number of classes" in note.message
 
 
 def test_class_balance_is_not_judged_on_too_few_labels_per_class(tmp_path):
