@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from distcheck.analysis.difference import compare_tensors, infer_from_stats, popcount
+from distcheck.difference import compare_tensors, infer_from_stats, popcount
 from distcheck.digest import stats
 
 WIDTHS = {"float16": (np.float16, np.uint16, 16), "bfloat16": (None, np.uint16, 16),

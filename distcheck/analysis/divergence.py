@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from distcheck.analysis.difference import Difference, compare_tensors, infer_from_stats
+from distcheck.difference import Difference, compare_tensors, infer_from_stats
 from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, name_list
 from distcheck.store import schema
@@ -290,9 +290,12 @@ def _finding(e: Episode, params: list[ParamInfo], group: str, group_size: int, p
         why = "Gradients were not recorded at that step, so it is unknown whether they agreed."
     frozen = [params[c].name for c in e.columns if not params[c].trainable]
     if frozen:
-        why += (f" Of these, {name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False), "
-                "so no update changes them: something wrote to them on those ranks (weights loaded on some ranks "
-                "only, code that modifies them).")
+        it = "it" if len(frozen) == 1 else "them"
+        written = (f"{name_list(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False), so "
+                   f"the optimizer does not change {it}: something wrote to {it} on those ranks (weights loaded on "
+                   f"some ranks only, code that modifies {it}).")
+        why = written if len(frozen) == len(names) else f"{why} Of these, {written}"
+        caused_by = caused_by if len(frozen) < len(names) else None
     message = f"Parameters agreed before and differ {where}: {who} in {name_list(names)}. {why}{extra}"
     return Finding("param_divergence", Severity.ERROR, "param", e.step, tuple(e.ranks), names, message,
                    caused_by=caused_by)
