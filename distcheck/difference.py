@@ -65,10 +65,13 @@ class Difference:
                     f"({self.field}).")
         if self.kind == "one_element":
             return f"One element of {self.size} differs (by {self.max_abs:.3g}), in several bits."
+        counted = f"{self.differing} of {self.size}" if self.differing is not None else f"of {self.size}"
         if self.kind == "scaled":
-            return f"Every differing element ({self.differing} of {self.size}) is scaled by {self.factor:.6g}."
+            return f"Every differing element ({counted}) is scaled by {self.factor:.6g}."
         if self.kind == "offset":
-            return f"Every differing element ({self.differing} of {self.size}) is offset by one constant."
+            return f"Every differing element ({counted}) is offset by one constant."
+        if self.differing is None:
+            return f"Elements in several places of the {self.size} differ, by up to {self.max_abs:.3g}."
         return f"{self.differing} of {self.size} elements differ, by up to {self.max_abs:.3g}."
 
     def advice(self) -> str:
@@ -82,6 +85,16 @@ class Difference:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, ())}
+
+    @classmethod
+    def from_json(cls, record: dict) -> Optional["Difference"]:
+        """The difference :meth:`to_json` wrote (other keys ignored), or None if it is not one."""
+        try:
+            fields = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
+            fields["moved"] = tuple(fields.get("moved", ()))
+            return cls(**fields)
+        except (TypeError, KeyError):
+            return None
 
 
 def bits_of(array: np.ndarray, dtype: Optional[str] = None) -> np.ndarray:

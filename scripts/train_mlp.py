@@ -31,6 +31,8 @@ find:
               loads other values into it (a pretrained layer loaded on one rank only)
   frozen_nudge  fc1 is frozen on every rank, and before update S the bug rank adds a
               tiny value to fc1.weight (a frozen layer written to on one rank mid-run)
+  bitflip     after update S one bit (--flip-bit, default 30: the highest exponent bit)
+              of one element of fc2.weight flips on the bug rank, as a memory fault would
 
 Two flags make every rank do what healthy jobs do with processes and signals
 (no bug: the job must finish as it would without a checker):
@@ -67,7 +69,8 @@ from mindspore import nn
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.train import Callback, Model
 
-BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall", "frozen", "frozen_nudge")
+BUGS = ("none", "seed", "standalone", "lr", "nudge", "nan", "bn", "unsharded", "kill", "stall", "frozen",
+        "frozen_nudge", "bitflip")
 
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -87,6 +90,7 @@ def parse_args():
     p.add_argument("--bug", choices=BUGS, default="none", help="planted bug (default none)")
     p.add_argument("--bug-rank", type=int, default=-1, help="rank with the bug (default: last)")
     p.add_argument("--bug-step", type=int, default=5, help="step S for nudge/nan/kill/stall (default 5)")
+    p.add_argument("--flip-bit", type=int, default=30, help="bit that --bug bitflip flips (0: lowest mantissa)")
     p.add_argument("--train-calls", type=int, default=1,
                    help="call Model.train this many times in a row (each runs --steps steps)")
     p.add_argument("--step-delay", type=float, default=0.0,
@@ -190,6 +194,22 @@ class NudgeWeight(Callback):
         if not self.done and self.seen >= self.step:
             self.param.set_data(ms.Tensor(self.param.asnumpy() + self.delta))
             self.done = True
+
+
+class FlipBit(Callback):
+    """Bug `bitflip`: after update `step`, before it is recorded, flip one bit of the
+    element of `param` nearest zero (so a high exponent bit makes it large, not Inf)."""
+
+    def __init__(self, param, step, bit):
+        super().__init__()
+        self.param, self.step, self.bit = param, step, bit
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num == self.step:
+            values = self.param.asnumpy().copy()
+            flat = values.reshape(-1)
+            flat.view(np.uint32)[np.argmin(np.abs(flat))] ^= np.uint32(1 << self.bit)
+            self.param.set_data(ms.Tensor(values))
 
 
 class KillSelf(Callback):
@@ -330,6 +350,8 @@ def main():
     callbacks = [PrintLoss(rank)]
     if on_bug_rank and args.bug in ("nudge", "frozen_nudge"):
         callbacks.append(NudgeWeight(net.fc1.weight, args.bug_step))
+    if on_bug_rank and args.bug == "bitflip":
+        callbacks.append(FlipBit(net.fc2.weight, args.bug_step, args.flip_bit))
     if on_bug_rank and args.bug == "kill":
         callbacks.append(KillSelf(args.bug_step))
     if on_bug_rank and args.bug == "stall":

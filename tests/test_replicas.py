@@ -208,8 +208,8 @@ def test_a_healthy_sharded_check_never_gathers_per_parameter_digests(tmp_path, m
 
     monkeypatch.setattr(FakeWorld, "allgather", counting)
     assert _hybrid(str(tmp_path), fail_fast=True) == []
-    # header, then one rollup per replica group (65 x 3 words), never (parameters x 3)
-    assert (len(PARAMS), 3) not in shapes and (65, 3) in shapes
+    # header, then one rollup per replica group (65 x 3 words), never (parameters x 4)
+    assert (len(PARAMS), 4) not in shapes and (65, 3) in shapes
     shapes.clear()
     assert _hybrid(str(tmp_path / "seeded"), bug="seed", fail_fast=True) == [0, 1, 2, 3, 4, 5]
-    assert (len(PARAMS), 3) in shapes  # a group disagrees: the digests are voted on
+    assert (len(PARAMS), 4) in shapes  # a group disagrees: the digests are voted on

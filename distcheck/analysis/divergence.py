@@ -219,10 +219,20 @@ def _magnitude(run: Run, members: list[int], params: list[ParamInfo], cols: dict
                 continue
             row_mine, row_ref = _stats(reader, kind, e.step, mine_col), _stats(ref, kind, e.step, ref_col)
             if row_mine is not None and row_ref is not None:
-                e.differences.append((name, rank, infer_from_stats(row_mine, row_ref, params[col].size)))
+                online = _online_difference((reader, ref), e.step, name, rank) if kind == "param" else None
+                e.differences.append((name, rank, online or infer_from_stats(row_mine, row_ref, params[col].size)))
                 notes.append(f"{name}: L2 norm {row_mine[3]:.6g} on rank {rank}, {row_ref[3]:.6g} on rank "
                              f"{ref.rank}")
     return notes
+
+
+def _online_difference(readers, step: int, name: str, rank: int) -> Optional[Difference]:
+    """The exact kind the online check fetched before it stopped the job, if it was this one."""
+    for reader in readers:
+        record = reader.online_difference()
+        if record and (record.get("step"), record.get("param"), record.get("rank")) == (step, name, rank):
+            return Difference.from_json(record)
+    return None
 
 
 def _stats(reader, kind: str, step: int, col: int) -> Optional[np.ndarray]:

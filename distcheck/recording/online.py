@@ -34,6 +34,7 @@ import numpy as np
 
 from distcheck.buffers import is_running_statistic
 from distcheck.digest import digest, digest_rows
+from distcheck.recording.difference_fetch import fetch_difference
 from distcheck.recording.faults import PlantedFault, plant
 from distcheck.recording.options import log
 from distcheck.replicas import Group, leaders
@@ -82,8 +83,12 @@ class OnlineCheck:
         k = self.online_every * self.every
         return k > 0 and step % k == 0
 
-    def run(self, step: int, rows: Optional[np.ndarray], on_mismatch: Callable[[str], None]) -> None:
-        """Compare this rank's parameter digests ``rows`` (None: nothing to give)."""
+    def run(self, step: int, rows: Optional[np.ndarray], on_mismatch: Callable[[str, Optional[dict]], None],
+            tensors: Optional[Sequence[np.ndarray]] = None) -> None:
+        """Compare this rank's parameter digests ``rows`` (None: nothing to give). With
+        ``fail_fast``, a mismatch calls ``on_mismatch(message, difference)`` before raising;
+        ``difference`` says what kind of difference the first diverging parameter shows,
+        fetched from ``tensors`` (this rank's parameters, in order), or is None."""
         self._done = step
         try:
             plant("online", self.world.rank, step)
@@ -119,7 +124,7 @@ class OnlineCheck:
         gathered = self._allgather(mine, step)
         if gathered is None:
             return
-        bad_params, bad_ranks = self._vote(gathered)
+        bad_params, bad_ranks, first = self._vote(gathered)
         if not bad_params:
             return
         ranks = sorted(bad_ranks)
@@ -128,8 +133,31 @@ class OnlineCheck:
         if self.world.rank == 0 or self.world.rank in ranks:
             log(message)
         if self.fail_fast:
-            on_mismatch(f"{FAIL_FAST_MESSAGE}{message}")
+            difference = self._difference(first, tensors, step)
+            if difference is not None:
+                message += f"; {difference['param']} on rank {difference['rank']}: {difference['text'].rstrip('.')}"
+            on_mismatch(f"{FAIL_FAST_MESSAGE}{message}", difference)
             raise ConsistencyError(message)
+
+    def _difference(self, first: Optional[tuple[int, int, int]], tensors: Optional[Sequence[np.ndarray]],
+                    step: int) -> Optional[dict]:
+        """Before stopping: what kind of difference the first diverging parameter shows,
+        between its culprit and a majority rank (see :mod:`difference_fetch`). Every rank
+        takes part; a failure here costs only the answer."""
+        if first is None:
+            return None
+        i, culprit, reference = first
+        info = self.params[i]
+        mine = tensors[i] if tensors is not None and i < len(tensors) else None
+        try:
+            found = fetch_difference(self.world, mine, info.size, info.dtype, culprit, reference)
+        except Exception as exc:  # the collectives failed on every rank alike
+            log(f"rank {self.world.rank}: could not compare {info.name} at step {step}: {type(exc).__name__}: {exc}")
+            return None
+        if found is None:
+            return None
+        return {"step": step, "param": info.name, "rank": culprit, "reference_rank": reference,
+                "text": f"{found.describe()} {found.advice()}".strip(), **found.to_json()}
 
     def _groups_agree(self, rows: np.ndarray, compared: np.ndarray, step: int) -> Optional[bool]:
         """Round 2: whether every replica group's members hold the same rollup of that
@@ -156,13 +184,14 @@ class OnlineCheck:
                 return False
         return True
 
-    def _vote(self, gathered: np.ndarray) -> tuple[list[str], set[int]]:
+    def _vote(self, gathered: np.ndarray) -> tuple[list[str], set[int], Optional[tuple[int, int, int]]]:
         """Parameters whose replicas disagree, and the ranks outside each majority.
         ``gathered`` is (R, P, 4): two digest words, the group leader and whether the
         parameter changed on that rank since step 0, per parameter. Buffers are not voted
         on: those named like running statistics, and non-trainable parameters that
-        changed on every member of their group."""
-        bad_params, bad_ranks = [], set()
+        changed on every member of their group. Also returns, for the first parameter
+        with a majority, (its index, its lowest culprit, the lowest majority rank)."""
+        bad_params, bad_ranks, first = [], set(), None
         leaders = gathered[:, :, 2].astype(np.int64)
         changed = gathered[:, :, 3] != 0
         for i, info in enumerate(self.params):
@@ -173,12 +202,15 @@ class OnlineCheck:
                 members = np.flatnonzero(leaders[:, i] == leader)
                 if leader < 0 or len(members) < 2 or (not info.trainable and changed[members, i].all()):
                     continue
-                outliers = majority([tuple(gathered[r, i, :2]) for r in members]).outliers
-                culprits.update(int(members[o]) for o in outliers)
+                vote = majority([tuple(gathered[r, i, :2]) for r in members])
+                culprits.update(int(members[o]) for o in vote.outliers)
+                if first is None and vote.outliers and vote.has_majority:
+                    agreeing = [int(m) for k, m in enumerate(members) if k not in vote.outliers]
+                    first = (i, int(members[vote.outliers[0]]), agreeing[0])
             if culprits:
                 bad_params.append(info.name)
                 bad_ranks.update(culprits)
-        return bad_params, bad_ranks
+        return bad_params, bad_ranks, first
 
     def _allgather(self, array: np.ndarray, step: int) -> Optional[np.ndarray]:
         try:

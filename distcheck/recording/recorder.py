@@ -251,7 +251,16 @@ class Recorder:
                 if self.options.strict:
                     raise ProbeError(f"rank {self.rank}, step {step}: {exc}") from exc
         if self.online.due(step):
-            self.online.run(step, rows, on_mismatch=lambda why: self.close(clean=False, message=why))
+            self.online.run(step, rows, on_mismatch=self._stop_on_mismatch, tensors=params)
+
+    def _stop_on_mismatch(self, why: str, difference: Optional[dict]) -> None:
+        """The online check stops the job (``fail_fast``): keep what it learnt, close."""
+        if difference is not None and self.writer is not None:
+            try:
+                self.writer.note_difference(difference)
+            except Exception as exc:  # the message still says it
+                log(f"rank {self.rank}: could not keep the kind of difference: {type(exc).__name__}: {exc}")
+        self.close(clean=False, message=why)
 
     def _write(self, step, params, grads, loss, batch, activations) -> np.ndarray:
         writer = self.writer

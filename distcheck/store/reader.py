@@ -306,6 +306,19 @@ class DumpReader:
         """(N, A, 4): activation taps, columns as :data:`schema.ACT_COLUMNS`."""
         return self.series(schema.ACT_STATS)
 
+    def online_difference(self) -> Optional[dict]:
+        """What kind of difference the online check found before it stopped the job
+        (step, param, rank and the fields of :class:`distcheck.difference.Difference`),
+        or None."""
+        if schema.ONLINE_DIFFERENCE not in self._file:
+            return None
+        text = _text(self._read(schema.ONLINE_DIFFERENCE, 0)).rstrip("\x00")
+        try:
+            record = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
     def full(self, kind: str, step: int, index: int) -> Optional[np.ndarray]:
         """The full tensor of parameter ``index`` at ``step``, if it was recorded."""
         group = self._file.get(schema.FULL)

@@ -37,6 +37,10 @@ HEARTBEAT_COLUMNS = ("time", "step", "phase", "since")
 STATUS = "status"  # (1,) int8, see Status
 STATUS_MESSAGE = "status_message"  # (1,) fixed bytes
 STATUS_SIGNAL = "status_signal"  # (1,) int32: the signal that ended the rank, 0 if none
+# What kind of difference the online check found before it stopped the job (--fail-fast):
+# one JSON object (distcheck.difference.Difference plus step, param, rank), empty if none.
+ONLINE_DIFFERENCE = "online/difference"  # (1,) fixed bytes
+ONLINE_DIFFERENCE_BYTES = 2048
 # Python stacks of the main thread, taken while the rank made no progress.
 STACK_TIME = "stacks/time"  # (S,) float64
 STACK_STEP = "stacks/step"  # (S,) int64: last completed step

@@ -100,6 +100,7 @@ class DumpWriter:
         f.create_dataset(schema.STATUS, data=np.array([Status.RUNNING], np.int8))
         f.create_dataset(schema.STATUS_MESSAGE, data=np.array([b""], dtype=f"S{schema.STATUS_MESSAGE_BYTES}"))
         f.create_dataset(schema.STATUS_SIGNAL, data=np.array([0], np.int32))
+        f.create_dataset(schema.ONLINE_DIFFERENCE, data=np.array([b""], dtype=f"S{schema.ONLINE_DIFFERENCE_BYTES}"))
         if self.full_steps:
             full = f.create_group(schema.FULL)
             full.create_dataset("steps", data=np.array(self.full_steps, np.int64))
@@ -168,6 +169,16 @@ class DumpWriter:
         with self._lock:
             if not self._closed:
                 self._skipped.append(int(after_step))
+
+    def note_difference(self, difference: dict) -> None:
+        """Keep what kind of difference the online check found (a small JSON object)."""
+        encoded = json.dumps(difference).encode()
+        if len(encoded) > schema.ONLINE_DIFFERENCE_BYTES:
+            return  # never cut JSON in half; the status message still says it
+        with self._lock:
+            if not self._closed:
+                self._file[schema.ONLINE_DIFFERENCE][0] = encoded
+                self._file.flush()
 
     def write_full(self, step: int, kind: str, index: int, array: np.ndarray) -> None:
         if step not in self.full_steps:
