@@ -236,3 +236,31 @@ def test_every_dataset_of_a_real_dump_is_documented(tmp_path):
     assert missing == [], f"datasets not in docs/format.md: {missing}"
     assert [a for a in attributes if a not in documented] == []
     assert "(N, P, 7)" in doc  # the statistic columns: six of the tensor, and the update norm
+
+
+def test_counts_are_exact_integers_beyond_float32(tmp_path):
+    n = 2**24 + 1  # float32 holds 16777216 here: one NaN would be lost
+    info = [ParamInfo("big", (n,), "float32", True, True)]
+    rec = Recorder.open(str(tmp_path), SingleWorld(), info, {"parallel_mode": "stand_alone"}, ProbeOptions())
+    weights = np.zeros(n, np.float32)
+    grads = np.full(n, np.nan, np.float32)
+    inputs = np.full(n, np.inf, np.float32)
+    rec.record(0, [weights])
+    rec.record(1, [weights], [grads], batch=[inputs])
+    rec.close()
+    with DumpReader(str(tmp_path / "rank_00000.h5")) as r:
+        assert r.counts("grad")[1, 0].tolist() == [n, 0]
+        assert r.counts("param")[1, 0].tolist() == [0, 0]
+        assert r.input_counts()[1].tolist() == [0, n, n]
+        assert r.stats("grad")[1, 0, 4] == 2**24  # what the float32 statistics alone say
+
+
+def test_dumps_written_before_integer_counts_still_read(tmp_path):
+    _write(tmp_path, steps=3)
+    path = str(tmp_path / "rank_00000.h5")
+    with h5py.File(path, "a") as f:
+        for name in ("param/counts", "grad/counts", "steps/input_counts"):
+            del f[name]
+    with DumpReader(path) as r:
+        assert r.n_steps == 4 and r.counts("param").shape == (4, 2, 2)
+        assert r.counts("param").sum() == 0 and r.input_counts().shape == (4, 3)

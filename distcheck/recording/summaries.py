@@ -33,9 +33,11 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
     has = schema.HAS_PARAMS
     digests, stat_rows = summarise(params, values, "param", write_full, previous)
     row[schema.digests_path("param")], row[schema.stats_path("param")] = digests, stat_rows
+    row[schema.counts_path("param")] = _counts(stat_rows)
     rollups = [digest_rows(digests), (0, 0)]
     if grads is not None:
         grad_digests, row[schema.stats_path("grad")] = summarise(params, grads, "grad", write_full)
+        row[schema.counts_path("grad")] = _counts(row[schema.stats_path("grad")])
         row[schema.digests_path("grad")] = grad_digests
         rollups[1] = digest_rows(grad_digests)
         has |= schema.HAS_GRADS
@@ -46,6 +48,8 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
     if batch is not None:
         row[schema.BATCH_DIGEST] = batch_digest(batch)
         row[schema.INPUT_STATS], row[schema.LABEL_STATS] = batch_stats(batch, label_counts, labels)
+        counted = [schema.INPUT_COLUMNS.index(c) for c in schema.INPUT_COUNT_COLUMNS]
+        row[schema.INPUT_COUNTS] = np.nan_to_num(row[schema.INPUT_STATS][counted]).astype(np.int64)
         has |= schema.HAS_BATCH
     if activations is not None and len(activations) == n_activations:
         row[schema.ACT_STATS] = np.stack([np.asarray(a, np.float32).reshape(-1)[:4] for a in activations]) \
@@ -55,16 +59,23 @@ def step_row(params: Sequence[ParamInfo], values: Sequence[np.ndarray],
     return row
 
 
+def _counts(stat_rows: np.ndarray) -> np.ndarray:
+    """The NaN and Inf columns as integers: exact, since ``stat_rows`` is float64 until written."""
+    counted = [schema.STAT_COLUMNS.index(c) for c in schema.COUNT_COLUMNS]
+    return np.nan_to_num(stat_rows[:, counted]).astype(np.int64)
+
+
 def summarise(params: Sequence[ParamInfo], arrays: Sequence[Optional[np.ndarray]], kind: str,
               write_full: Optional[FullWriter] = None,
               previous: Optional[Previous] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 2) digests and (P, 7) statistics; zeros and NaN where an array is None. With
-    ``previous``, the last column is each update's norm, and the arrays are kept."""
+    """(P, 2) digests and (P, 7) float64 statistics (float32 once written); zeros and NaN
+    where an array is None. With ``previous``, the last column is each update's norm, and
+    the arrays are kept."""
     p = len(params)
     if len(arrays) != p:
         raise ValueError(f"got {len(arrays)} {kind} arrays for {p} parameters")
     rows = np.zeros((p, 2), np.uint64)
-    stat_rows = np.full((p, len(schema.STAT_COLUMNS)), np.nan, np.float32)
+    stat_rows = np.full((p, len(schema.STAT_COLUMNS)), np.nan, np.float64)
     if previous is not None:
         previous.begin(params, arrays)
 
@@ -135,7 +146,7 @@ def batch_stats(batch: Sequence[np.ndarray], label_counts: np.ndarray,
     arrays = [np.asarray(x) for x in batch]
     inputs = next((a for a in arrays if a.dtype.kind == "f" and a.size), None)
     labels = labels_of(arrays, labels)
-    input_row = np.full(len(schema.INPUT_COLUMNS), np.nan, np.float32)
+    input_row = np.full(len(schema.INPUT_COLUMNS), np.nan, np.float64)
     if inputs is not None:
         lo, hi, mean, l2, nan, inf = stats(inputs)
         n = inputs.size

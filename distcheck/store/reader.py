@@ -157,7 +157,7 @@ class DumpReader:
         layout = schema.step_layout(len(self.params), len(self.activations))
         lengths = []
         for path, (tail, _, _) in layout.items():
-            if version < 2 and path in schema.ADDED_IN_2 and path not in f:
+            if path not in f and (path in schema.OPTIONAL_IN_2 or (version < 2 and path in schema.ADDED_IN_2)):
                 continue
             shape = _shape(f, path)
             if tuple(shape[1:]) != tuple(tail):
@@ -289,6 +289,23 @@ class DumpReader:
         """(steps, P, 7) float32 statistics; columns as :data:`schema.STAT_COLUMNS`."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
         return self._read(schema.stats_path(kind), slice(start, stop))
+
+    def counts(self, kind: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """(steps, P, 2) int64 NaN and Inf counts, exact (:data:`schema.COUNT_COLUMNS`); from
+        the float32 statistics in dumps written before counts were kept as integers."""
+        stop = self.n_steps if stop is None else min(stop, self.n_steps)
+        if schema.counts_path(kind) in self._file:
+            return self._read(schema.counts_path(kind), slice(start, stop))
+        columns = [schema.STAT_COLUMNS.index(c) for c in schema.COUNT_COLUMNS]
+        return np.nan_to_num(self.stats(kind, start, stop)[:, :, columns]).astype(np.int64)
+
+    def input_counts(self) -> np.ndarray:
+        """(N, 3) int64 NaN, Inf and element counts of the batch's inputs, exact
+        (:data:`schema.INPUT_COUNT_COLUMNS`)."""
+        if schema.INPUT_COUNTS in self._file:
+            return self.series(schema.INPUT_COUNTS)
+        columns = [schema.INPUT_COLUMNS.index(c) for c in schema.INPUT_COUNT_COLUMNS]
+        return np.nan_to_num(self.input_stats()[:, columns]).astype(np.int64)
 
     def input_stats(self) -> np.ndarray:
         """(N, 7): the batch's inputs, columns as :data:`schema.INPUT_COLUMNS`."""

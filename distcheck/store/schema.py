@@ -58,6 +58,7 @@ SKIPPED = "skipped/after"  # (K,) int64: the run step of the last update before 
 FULL = "full"
 
 INPUT_STATS = "steps/input_stats"  # (N, 7): the first floating tensor of the batch
+INPUT_COUNTS = "steps/input_counts"  # (N, 3) int64: its NaN, Inf and element counts, exact
 LABEL_STATS = "steps/label_stats"  # (N, 4): the last integer tensor of the batch
 LABEL_COUNTS = "labels/counts"  # (MAX_CLASSES + 1,): running class histogram, last bucket "other"
 ACT_STATS = "act/stats"  # (N, A, 4)
@@ -66,6 +67,10 @@ ACT_STATS = "act/stats"  # (N, A, 4)
 #: since the previous recorded step (parameters only).
 STAT_COLUMNS = STAT_NAMES + ("delta_l2",)
 INPUT_COLUMNS = ("min", "max", "mean", "std", "nan", "inf", "size")
+#: Counts are also kept as integers (``{kind}/counts``, ``steps/input_counts``): float32
+#: statistics count exactly only up to 2**24.
+COUNT_COLUMNS = ("nan", "inf")
+INPUT_COUNT_COLUMNS = ("nan", "inf", "size")
 LABEL_COLUMNS = ("min", "max", "mean", "purity")
 ACT_COLUMNS = ("saturated", "zero", "mean", "absmax")
 MAX_CLASSES = 1024
@@ -134,12 +139,14 @@ def step_layout(n_params: int, n_acts: int) -> dict[str, tuple[tuple[int, ...], 
         BATCH_DIGEST: ((2,), np.uint64, 0),
         ROLLUP: ((len(KINDS), 2), np.uint64, 0),
         INPUT_STATS: ((len(INPUT_COLUMNS),), np.float32, np.nan),
+        INPUT_COUNTS: ((len(INPUT_COUNT_COLUMNS),), np.int64, 0),
         LABEL_STATS: ((len(LABEL_COLUMNS),), np.float32, np.nan),
         ACT_STATS: ((n_acts, len(ACT_COLUMNS)), np.float32, np.nan),
     }
     for kind in KINDS:
         layout[digests_path(kind)] = ((n_params, 2), np.uint64, 0)
         layout[stats_path(kind)] = ((n_params, len(STAT_COLUMNS)), np.float32, np.nan)
+        layout[counts_path(kind)] = ((n_params, len(COUNT_COLUMNS)), np.int64, 0)
     return layout
 
 
@@ -149,6 +156,8 @@ def file_name(rank: int) -> str:
 
 #: Per-step datasets that version 1 dumps lack, and the value they read as.
 ADDED_IN_2 = {SEGMENT: 0}
+#: Optional per-step datasets added within version 2: older dumps of that version lack them.
+OPTIONAL_IN_2 = frozenset({INPUT_COUNTS, *(f"{kind}/counts" for kind in KINDS)})
 
 
 def digests_path(kind: str) -> str:
@@ -157,6 +166,10 @@ def digests_path(kind: str) -> str:
 
 def stats_path(kind: str) -> str:
     return f"{kind}/stats"
+
+
+def counts_path(kind: str) -> str:
+    return f"{kind}/counts"
 
 
 @dataclass(frozen=True)
