@@ -32,7 +32,9 @@ from distcheck.reference import envelope as env
 from distcheck.reference.batches import compare_batches
 from distcheck.reference.batchnorm import explains as batchnorm_explains
 from distcheck.reference.factors import describe as describe_factor
-from distcheck.reference.factors import find_factor
+from distcheck.reference.factors import describe_update, find_factor, find_update_factor
+from distcheck.reference.layers import first_layer
+from distcheck.reference.pieces import name_factor, scaled_piece
 from distcheck.reference.sides import Side, SideError, load_side
 from distcheck.rules.registry import finding
 from distcheck.store import schema
@@ -121,12 +123,29 @@ def compare(ref: Side, run: Side, noise: Optional[Side], rtol: Optional[float], 
                                        run.meta.get("gradients_mean")),
                        detail={"factor": factor.value, "loss_ratio": factor.loss_ratio})
         findings.append(root)
+    if root is None:
+        update = find_update_factor(steps, series["grad l2"][0], series["grad l2"][1],
+                                    series["param update norm"][0], series["param update norm"][1])
+        if update is not None:
+            root = finding("diff_update_factor", update.step, [], same,
+                           describe_update(update, len(ref.data_ranks), len(run.data_ranks)),
+                           detail={"factor": update.value})
+            findings.append(root)
+    if root is None:
+        root = _scaled_pieces(ref, run, same, steps, i_ref, i_run)
+        if root is not None:
+            findings.append(root)
     partings = _partings(series, bounds, steps, same)
     if partings and root is None:
         why = batchnorm_explains(ref, run)
         if why is not None:
             root = finding("diff_batchnorm", min(f.step for f in partings), [], [], why)
             findings.append(root)
+    layer, layer_note = _forward_pass(ref, run, noise, i_ref, i_run, steps, rtol, atol, partings)
+    if layer is not None:
+        partings.insert(0, layer)
+    if layer_note is not None:
+        notes.append(layer_note)
     if root is not None:
         partings = [_caused_by(f, root) for f in partings]
     findings.extend(partings)
@@ -137,6 +156,103 @@ def compare(ref: Side, run: Side, noise: Optional[Side], rtol: Optional[float], 
                           f"{'measured ' if noise is not None else ''}envelope"
                           f"{' until step ' + str(first_error) if first_error is not None else ''}."))
     return findings, notes, tolerance
+
+
+def _forward_pass(ref: Side, run: Side, noise: Optional[Side], i_ref: np.ndarray, i_run: np.ndarray,
+                  steps: np.ndarray, rtol: Optional[float], atol: Optional[float], partings: list[Finding]
+                  ) -> tuple[Optional[Finding], Optional[Note]]:
+    """diff_activation, the first layer whose output differs, when the forward pass parts
+    no later than the loss and gradients (:mod:`distcheck.reference.layers`); else a note
+    that it agreed where they parted. Nothing without activation taps in both runs."""
+    taps = [t for t in ref.activations if t in run.activations]
+    if not taps or ref.act_stats is None or run.act_stats is None:
+        return None, None
+    a = ref.act_stats[i_ref][:, [ref.activations.index(t) for t in taps]]
+    b = run.act_stats[i_run][:, [run.activations.index(t) for t in taps]]
+    noise_acts = None
+    if noise is not None and noise.act_stats is not None and all(t in noise.activations for t in taps):
+        rows = np.searchsorted(noise.steps, steps, side="right") - 1
+        noise_acts = noise.act_stats[np.maximum(rows, 0)][:, [noise.activations.index(t) for t in taps]]
+        noise_acts[rows < 0] = np.nan
+    eps = env.epsilon("float32")
+
+    def bounds_of(name: str, values: np.ndarray, scale: np.ndarray) -> env.Bounds:
+        if rtol is not None or atol is not None:
+            return env.fixed(scale, rtol or 0.0, atol or 0.0)
+        if noise_acts is not None:
+            col = schema.ACT_COLUMNS.index("mean" if name == "mean output" else "absmax")
+            return env.measured(values, noise_acts[..., col], scale, eps)
+        return env.default(steps, scale, eps)
+
+    parting = first_layer(steps, taps, a, b, bounds_of)
+    # Forward pass s precedes gradients s and the update to the parameters of step s.
+    later = [f.step for f in partings if f.code in ("diff_loss", "diff_grad")]
+    later += [f.step + 1 for f in partings if f.code == "diff_param"]
+    first_other = min(later, default=None)
+    if parting is not None and (first_other is None or parting.step <= first_other):
+        before = taps[:taps.index(parting.taps[0])]
+        message = (f"The forward pass parts at step {parting.step}, before any gradient: "
+                   f"the first layer whose output differs is {parting.taps[0]} (in the model's order"
+                   f"{'; the layers before it agree: ' + name_list(before) if before else ''}): "
+                   f"{parting.statistic} {parting.run:.6g} against {parting.ref:.6g} in the reference, "
+                   f"{_times(parting.ref, parting.run, parting.allowed)}; share of zero outputs "
+                   f"{parting.zero_run:.4g} against {parting.zero_ref:.4g}.")
+        if len(parting.taps) > 1:
+            message += f" Also differing at that step: {name_list(parting.taps[1:])}."
+        return finding("diff_activation", parting.step, [], [], message,
+                       detail={"layer": parting.taps[0], "layers": parting.taps}), None
+    if first_other is not None:
+        k = int(np.searchsorted(steps, first_other))
+        if k < len(steps) and steps[k] == first_other and np.isfinite(a[k]).any() and np.isfinite(b[k]).any():
+            return None, Note("diff_activation", (), f"The forward pass agrees at step {first_other}, where the "
+                              f"runs part: every layer's output ({name_list(taps)}) is within the envelope, so the "
+                              "difference starts in the backward pass, the gradient reduction or the update.")
+    return None, None
+
+
+def _scaled_pieces(ref: Side, run: Side, same: list[str], steps: np.ndarray, i_ref: np.ndarray,
+                   i_run: np.ndarray) -> Optional[Finding]:
+    """diff_shard: the run's sharded parameters whose gradients, at the first step both
+    recorded gradients, differ from the reference's by a factor in one shard or in all
+    (:mod:`distcheck.reference.pieces`)."""
+    names = [n for n in same if n in run.pieces]
+    if not names:
+        return None
+    have = np.flatnonzero(np.isfinite(ref.grads[i_ref][..., _L2]).any(axis=1)
+                          & np.isfinite(run.grads[i_run][..., _L2]).any(axis=1))
+    if not len(have):
+        return None
+    k = int(have[0])
+    stories: dict[tuple, list[str]] = {}
+    for name in names:
+        pieces = run.pieces[name]
+        found = scaled_piece(ref.grads[i_ref[k], ref.index(name)], pieces.grads[i_run[k]], pieces.sizes)
+        if found is not None:
+            group = None if found.shard is None else pieces.groups[found.shard]
+            key = (group, round(found.factor, 3), len(pieces.groups), len(pieces.groups[0]))
+            stories.setdefault(key, []).append(name)
+    if not stories:
+        return None
+    step, texts, ranks, detail = int(steps[k]), [], set(), []
+    for (group, factor, n_shards, group_size), params in stories.items():
+        if group is None:
+            text = (f"{name_list(params)}: every shard's gradient is {factor:g}x the reference's (the whole parameter, "
+                    f"rebuilt from {n_shards} shards, by its L2 norm, mean, minimum and maximum). ")
+            text += name_factor(factor, group_size, n_shards)
+        else:
+            ranks.update(group)
+            holders = ", ".join(map(str, group))
+            text = (f"{name_list(params)}: one shard differs, the one held by ranks {holders} "
+                    f"(its replica group): its gradient is {factor:g}x the reference's piece, and the other "
+                    f"{n_shards - 1} shard(s) agree (the whole parameter rebuilt from {n_shards} shards, by its L2 "
+                    "norm, mean, minimum and maximum). ")
+            text += name_factor(factor, len(group), n_shards)
+        texts.append(text)
+        detail.append({"params": params, "factor": factor, "shard_ranks": list(group) if group else None})
+    message = (f"At step {step}, where the weights are still those of step 0, sharded parameters' gradients differ "
+               "from the reference's by a factor. " + " ".join(texts))
+    params = [p for _, ps in stories.items() for p in ps]
+    return finding("diff_shard", step, sorted(ranks), params, message, detail={"pieces": detail})
 
 
 def _alike(ref: Side, run: Side) -> tuple[list[str], list[str]]:
@@ -196,11 +312,22 @@ def _series(ref: Side, run: Side, noise: Optional[Side], i_ref, i_run, cols_ref,
                     np.abs(ref.loss[i_ref]))}
     out["grad l2"] = (ref_g[..., _L2], run_g[..., _L2],
                       noise_rows(noise.grads[..., _L2], noise_cols) if noise else None, np.abs(ref_g[..., _L2]))
+    # An update norm is the change since the side's previous recorded step: comparable only
+    # where both recorded the same previous step (runs recorded with different --every).
+    same_span = _previous(ref.steps, i_ref) == _previous(run.steps, i_run)
     for col, label in _PARAM_STATS:
         scale = np.fmax(np.abs(ref_p[..., col]), rms) if col == _MEAN else np.abs(ref_p[..., col])
+        if col == _DELTA:
+            run_p = run_p.copy()
+            run_p[~same_span, :, _DELTA] = np.nan
         out[f"param {label}"] = (ref_p[..., col], run_p[..., col],
                                  noise_rows(noise.params[..., col], noise_cols) if noise else None, scale)
     return out
+
+
+def _previous(steps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The step recorded before each of ``rows`` of ``steps`` (-1 for the first)."""
+    return np.where(rows > 0, steps[np.maximum(rows - 1, 0)], -1)
 
 
 def _bounds(series: dict, ref: Side, cols_ref: np.ndarray, steps: np.ndarray, noise: Optional[Side],
@@ -209,7 +336,7 @@ def _bounds(series: dict, ref: Side, cols_ref: np.ndarray, steps: np.ndarray, no
     eps_loss = float(np.max(eps_params)) if len(eps_params) else env.epsilon("float32")
     out = {}
     for key, (a, _, n, scale) in series.items():
-        eps = eps_loss if key == "loss" else eps_params
+        eps = eps_loss if key == "loss" or not len(eps_params) else eps_params  # none alike: nothing to judge
         if rtol is not None or atol is not None:
             out[key] = env.fixed(scale, rtol or 0.0, atol or 0.0)
         elif n is not None:

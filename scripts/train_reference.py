@@ -18,6 +18,7 @@ check:
   sum         gradients summed, not averaged (``gradients_mean=False``)
   loss-scale  the loss multiplied by the world size
   same-shard  every rank reads shard 0 of each global batch
+  lr-twice    the learning rate is scaled by the world size twice (N*N on N ranks)
   bn          a BatchNorm1d after the hidden layer, not synchronised: on N ranks it
               normalises over the local batch (16/N rows), on one device over all 16.
               Pass it to the reference run too: there it is simply the model.
@@ -38,7 +39,7 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 from mindspore.train import Model
 
-BUGS = ("none", "sum", "loss-scale", "same-shard", "bn")
+BUGS = ("none", "sum", "loss-scale", "same-shard", "bn", "lr-twice")
 GLOBAL_BATCH = 16
 NUM_FEATURES = 16
 HIDDEN = 32
@@ -51,21 +52,29 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="learning rate of Momentum(0.9) (default 0.05)")
     p.add_argument("--seed", type=int, default=1234, help="seeds the weights and the data (default 1234)")
     p.add_argument("--bug", choices=BUGS, default="none", help="planted bug (default none)")
+    p.add_argument("--hidden-layers", type=int, choices=(1, 2), default=1,
+                   help="hidden layers, each with its own ReLU cell (default 1)")
     return p.parse_args()
 
 
 class MLP(nn.Cell):
-    """16 -> 32 -> 4, optionally with BatchNorm1d after the hidden layer."""
+    """16 -> 32 -> 4, optionally with BatchNorm1d after the hidden layer. With
+    ``hidden_layers=2``: 16 -> 32 -> ReLU -> 32 -> (BatchNorm1d) -> ReLU -> 4, each ReLU
+    its own cell (so ``--activations`` taps each layer), the BatchNorm on the second."""
 
-    def __init__(self, batch_norm: bool = False) -> None:
+    def __init__(self, batch_norm: bool = False, hidden_layers: int = 1) -> None:
         super().__init__()
         self.fc1 = nn.Dense(NUM_FEATURES, HIDDEN)
+        self.relu1 = nn.ReLU() if hidden_layers > 1 else None
+        self.hidden = nn.Dense(HIDDEN, HIDDEN) if hidden_layers > 1 else None
         self.bn = nn.BatchNorm1d(HIDDEN) if batch_norm else None
         self.fc2 = nn.Dense(HIDDEN, NUM_CLASSES)
         self.relu = nn.ReLU()
 
     def construct(self, x):
         x = self.fc1(x)
+        if self.hidden is not None:
+            x = self.hidden(self.relu1(x))
         if self.bn is not None:
             x = self.bn(x)
         return self.fc2(self.relu(x))
@@ -119,11 +128,12 @@ def main() -> None:
     if GLOBAL_BATCH % group_size:
         raise SystemExit(f"the global batch of {GLOBAL_BATCH} rows does not split over {group_size} ranks")
     ms.set_seed(args.seed)
-    net = MLP(batch_norm=args.bug == "bn")
+    net = MLP(batch_norm=args.bug == "bn", hidden_layers=args.hidden_layers)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     if args.bug == "loss-scale" and group_size > 1:
         loss_fn = ScaledLoss(loss_fn, float(group_size))
-    optimizer = nn.Momentum(net.trainable_params(), learning_rate=args.lr, momentum=0.9)
+    lr = args.lr * group_size * group_size if args.bug == "lr-twice" and group_size > 1 else args.lr
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=lr, momentum=0.9)
     model = Model(net, loss_fn=loss_fn, optimizer=optimizer)
     print(f"rank {rank}/{group_size} bug={args.bug} lr={args.lr} steps={args.steps}", flush=True)
     model.train(1, create_dataset(args, rank, group_size), dataset_sink_mode=False)

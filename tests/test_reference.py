@@ -106,3 +106,47 @@ def test_a_common_factor_is_found_and_named_with_its_causes():
     assert "loss is multiplied by the world size" in scaled and "instead of averaged" not in scaled
     assert common_factor(np.array([1.0, 2.0]), np.array([1.0, 2.0])) is None  # no factor
     assert common_factor(np.array([1.0, 2.0]), np.array([2.0, 3.0])) is None  # not one factor
+
+
+def _grad_stats(a: np.ndarray) -> np.ndarray:
+    return _stats(a, np.zeros_like(a))
+
+
+@pytest.mark.parametrize("shard, factor", [(1, 3.0), (0, 0.5), (2, 2.0)])
+def test_one_scaled_shard_is_found_with_its_factor(shard, factor):
+    from distcheck.reference.pieces import scaled_piece
+
+    rng = np.random.default_rng(shard)
+    whole = rng.standard_normal((6, 8)).astype(np.float32)
+    pieces = [whole[0:2], whole[2:4], whole[4:6]]
+    reference = _grad_stats(whole)
+    run = np.stack([_grad_stats(p * (factor if j == shard else 1)) for j, p in enumerate(pieces)])
+    found = scaled_piece(reference, run, [p.size for p in pieces])
+    assert found.shard == shard and found.factor == pytest.approx(factor, rel=1e-5)
+    every = np.stack([_grad_stats(p * 2) for p in pieces])
+    assert scaled_piece(reference, every, [p.size for p in pieces]).shard is None
+    assert scaled_piece(reference, np.stack([_grad_stats(p) for p in pieces]), [16] * 3) is None  # agrees
+    other = np.stack([_grad_stats(p + (0.3 if j == shard else 0)) for j, p in enumerate(pieces)])
+    assert scaled_piece(reference, other, [p.size for p in pieces]) is None  # no factor: no story
+
+
+def test_a_scaled_piece_is_named_by_the_layout():
+    from distcheck.reference.pieces import name_factor
+
+    assert "summed over the group instead of averaged" in name_factor(3.0, 3, 2)
+    assert "divided by the group size once too often" in name_factor(1 / 3, 3, 2)
+    assert "number of shards (2)" in name_factor(2.0, 3, 2)
+    assert "Likely causes" in name_factor(1.7, 3, 2)
+
+
+def test_the_first_tap_outside_its_envelope_at_the_first_parting_step_is_named():
+    from distcheck.reference.layers import first_layer
+
+    steps = np.arange(4)
+    ref = np.tile(np.array([0.5, 0.5, 1.0, 4.0]), (4, 2, 1))
+    run = ref.copy()
+    run[2:, 1, 2] = 1.1  # the second tap's mean from step 2
+    run[3:, 0, 3] = 5.0  # the first tap's largest output from step 3
+    parting = first_layer(steps, ["a", "b"], ref, run, lambda name, a, scale: env.fixed(scale, 1e-3, 0.0))
+    assert (parting.step, parting.taps, parting.statistic) == (2, ["b"], "mean output")
+    assert first_layer(steps, ["a", "b"], ref, ref.copy(), lambda n, a, s: env.fixed(s, 1e-3, 0.0)) is None

@@ -6,5 +6,7 @@
 - :mod:`.envelope`: how far two correct runs may drift apart, measured or by default;
 - :mod:`.factors`: gradients that differ by one factor, and what causes that;
 - :mod:`.batches`: whether the two runs saw the same global batches;
-- :mod:`.explain`: BatchNorm over the local batch.
+- :mod:`.batchnorm`: BatchNorm over the local batch;
+- :mod:`.pieces`: which shard of a sharded parameter differs, and by what factor;
+- :mod:`.layers`: the first layer whose output differs (activation taps).
 """

@@ -74,6 +74,25 @@ def find_factor(steps: np.ndarray, ref_l2: np.ndarray, run_l2: np.ndarray, ref_l
     return Factor(int(steps[k]), value, spread, loss_ratio, through)
 
 
+def find_update_factor(steps: np.ndarray, ref_grad: np.ndarray, run_grad: np.ndarray, ref_update: np.ndarray,
+                       run_update: np.ndarray) -> Optional[Factor]:
+    """At the first step where both runs recorded gradients and update norms (arrays (S, P)
+    aligned on ``steps``): if the gradients agree (every ratio within :data:`AGREEMENT` of
+    1) and every update norm is the reference's times one factor, that factor."""
+    have = np.flatnonzero(np.isfinite(ref_update).any(axis=1) & np.isfinite(run_update).any(axis=1)
+                          & np.isfinite(ref_grad).any(axis=1) & np.isfinite(run_grad).any(axis=1))
+    if not len(have):
+        return None
+    k = int(have[0])
+    ok = np.isfinite(ref_grad[k]) & np.isfinite(run_grad[k]) & (ref_grad[k] > 0)
+    if not ok.any() or np.max(np.abs(run_grad[k][ok] / ref_grad[k][ok] - 1)) > AGREEMENT:
+        return None
+    found = common_factor(ref_update[k], run_update[k])
+    if found is None:
+        return None
+    return Factor(int(steps[k]), found[0], found[1], None, int(steps[k]))
+
+
 def nearest_ratio(value: float, candidates: dict[str, float]) -> Optional[str]:
     """The name of the candidate ``value`` equals within 1%, if any."""
     for name, c in candidates.items():
@@ -117,4 +136,25 @@ def describe(factor: Factor, world_ref: int, world_run: int, gradients_mean_run:
                  "applied to the gradients.")
         if factor.loss_ratio is not None:
             text += f" The loss differs by {factor.loss_ratio:.6g}x at that step."
+    return text
+
+
+def describe_update(factor: Factor, world_ref: int, world_run: int) -> str:
+    """An update that differs by one factor in every parameter while the gradients agree."""
+    ratio = world_run / world_ref if world_ref else 0
+    text = (f"The gradients agree with the reference's at step {factor.step}, but every parameter's update differs "
+            f"from the reference's by the same factor: {factor.value:.6g}x (all within {factor.spread:.1e}), so "
+            "the learning rate differs by that factor")
+    if ratio > 1 and abs(factor.value / ratio - 1) < 0.01:
+        text += (f". That is the ratio of the world sizes ({world_run} ranks against {world_ref}): the learning "
+                 "rate was scaled by the world size (the linear scaling rule), although the global batch is the "
+                 "reference's. Scale it only if the global batch grew, and then only once.")
+    elif ratio > 1 and abs(factor.value - ratio * ratio) / (ratio * ratio) < 0.01:
+        text += (f". That is the square of the ratio of the world sizes ({world_run} ranks against {world_ref}): "
+                 "the learning rate was scaled by the world size twice (in the script and again in a scheduler "
+                 "or wrapper). Scale it once, or not at all for the same global batch.")
+    else:
+        text += (": a learning rate scaled twice (by the world size, a warm-up or a scheduler applied on top of "
+                 "another), another optimizer setting (momentum, weight decay), or a loss scale applied to the "
+                 "update. Compare the optimizer's settings of the two runs.")
     return text

@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 
 from distcheck.analysis.run import Run
+from distcheck.reference.pieces import Pieces
 from distcheck.reference.shards import combine_inputs, combine_shards
-from distcheck.replicas import REPLICATED_MODES
 from distcheck.store import schema
 from distcheck.steps import rows_for, take
 
@@ -46,6 +46,9 @@ class Side:
     label_counts: Optional[np.ndarray]  # labels seen over the run, summed over data_ranks
     meta: dict = field(default_factory=dict)
     sharded: list[str] = field(default_factory=list)  # parameters rebuilt from shards
+    pieces: dict[str, Pieces] = field(default_factory=dict)  # their shards, by name
+    activations: list[str] = field(default_factory=list)  # activation taps, in the dump's (the model's) order
+    act_stats: Optional[np.ndarray] = None  # (S, A, 4) over the global batch, NaN where not recorded
 
     def index(self, name: str) -> int:
         return self.names.index(name)
@@ -64,7 +67,6 @@ def load_side(run: Run, rank: Optional[int] = None, rename: Optional[dict[str, s
     lead = run.readers[rank]
     steps = np.asarray(lead.steps, np.int64)
     rename = rename or {}
-    mode = run.meta("parallel_mode")
     groups = {r: reader.replica_groups() for r, reader in run.readers.items()}
     index_of = {r: {p.name: i for i, p in enumerate(reader.params)} for r, reader in run.readers.items()}
     stats_of: dict[tuple[int, str], np.ndarray] = {}
@@ -77,16 +79,19 @@ def load_side(run: Run, rank: Optional[int] = None, rename: Optional[dict[str, s
         return stats_of[(r, kind)]
 
     names, shapes, sizes, dtypes, sharded = [], [], [], [], []
+    pieces: dict[str, Pieces] = {}
     params, grads = [], []
     for i, info in enumerate(lead.params):
-        holders = _shard_holders(run, info.name, rank, groups, index_of, mode)
+        holders = _shard_holders(run, info.name, rank, groups, index_of)
         if len(holders) > 1:
             shard_sizes = [run.readers[r].params[index_of[r][info.name]].size for r in holders]
             p = combine_shards(np.stack([rank_stats(r, "param")[:, index_of[r][info.name]] for r in holders], -2),
                                shard_sizes)
-            g = combine_shards(np.stack([rank_stats(r, "grad")[:, index_of[r][info.name]] for r in holders], -2),
-                               shard_sizes)
+            shard_grads = np.stack([rank_stats(r, "grad")[:, index_of[r][info.name]] for r in holders], -2)
+            g = combine_shards(shard_grads, shard_sizes)
             sharded.append(rename.get(info.name, info.name))
+            pieces[sharded[-1]] = Pieces([groups[r][index_of[r][info.name]][0] for r in holders], shard_sizes,
+                                         shard_grads)
             size, shape = int(sum(shard_sizes)), (int(sum(shard_sizes)),)
         else:
             p, g = rank_stats(rank, "param")[:, i], rank_stats(rank, "grad")[:, i]
@@ -106,14 +111,17 @@ def load_side(run: Run, rank: Optional[int] = None, rename: Optional[dict[str, s
                 grads=np.stack(grads, 1) if grads else np.zeros((len(steps), 0, 7)),
                 loss=_mean_loss(run, steps), inputs=inputs, label_mean=label_mean, batch_digests=digests,
                 data_ranks=data_ranks, label_counts=np.sum(counts, axis=0) if counts else None,
-                meta=dict(lead.meta), sharded=sharded)
+                meta=dict(lead.meta), sharded=sharded, pieces=pieces, activations=[a for a, _ in lead.activations],
+                act_stats=_global_activations(run, data_ranks, steps))
 
 
-def _shard_holders(run: Run, name: str, rank: int, groups: dict, index_of: dict, mode) -> list[int]:
+def _shard_holders(run: Run, name: str, rank: int, groups: dict, index_of: dict) -> list[int]:
     """One rank per piece of ``name``: ``[rank]`` when the run replicates it; else one rank
     of each distinct replica group (``rank`` where it belongs), when the groups split the
-    ranks that hold it."""
-    if mode in REPLICATED_MODES:
+    ranks that hold it. The recorded groups decide, not the parallel mode: a hand-written
+    hybrid job (``scripts/train_hybrid.py``) runs in MindSpore's stand-alone mode and
+    declares its groups."""
+    if run.meta("parallel_mode") == "data_parallel":
         return [rank]
     distinct: list[tuple[int, ...]] = []
     for r in run.ranks:
@@ -133,11 +141,18 @@ def _shard_holders(run: Run, name: str, rank: int, groups: dict, index_of: dict,
 def _data_ranks(run: Run, groups: dict) -> list[int]:
     """Ranks whose batches together make the global batch. In a hybrid job the ranks of a
     model-parallel set read the same batch: the data-parallel replicas are the ranks that
-    hold the same pieces as the lowest rank."""
-    if run.meta("parallel_mode") in REPLICATED_MODES:
+    hold the same pieces as the lowest rank (every rank, when every group spans the job
+    or none is recorded). A rank that recorded no groups (a probe that failed at set-up)
+    is taken to hold what the others hold."""
+    if run.meta("parallel_mode") == "data_parallel":
         return run.ranks
-    lead_key = tuple(g[0] if g else None for g in groups[run.ranks[0]])
-    same_piece = [r for r in run.ranks if tuple(g[0] if g else None for g in groups[r]) == lead_key]
+
+    def key(r: int) -> tuple:
+        return tuple(g[0] if g else None for g in groups[r])
+
+    lead = key(next((r for r in run.ranks if any(key(r))), run.ranks[0]))
+    same_piece = [r for r in run.ranks if len(key(r)) != len(lead) or not any(key(r))
+                  or all(a is None or b is None or a == b for a, b in zip(key(r), lead))]
     return same_piece or run.ranks
 
 
@@ -159,6 +174,36 @@ def _global_batches(run: Run, data_ranks: list[int], steps: np.ndarray):
     with np.errstate(invalid="ignore"):
         label_mean = (np.stack(labels, 1) * size).sum(axis=1) / size.sum(axis=1)
     return inputs, label_mean, np.stack(digests, 1).astype(np.uint64)
+
+
+def _global_activations(run: Run, data_ranks: list[int], steps: np.ndarray) -> np.ndarray:
+    """Each activation tap's statistics over the global batch, from the data ranks' (each
+    over its local batch): the shares and the mean weighted by the rank's batch size, the
+    largest absolute output the largest of any rank. Ranks with another list of taps than
+    the lowest are left out."""
+    taps = run.readers[data_ranks[0]].activations
+    total = np.zeros((len(steps), len(taps), len(schema.ACT_COLUMNS)))
+    weight = np.zeros((len(steps), len(taps)))
+    absmax = np.full((len(steps), len(taps)), -np.inf)
+    col_max = schema.ACT_COLUMNS.index("absmax")
+    for r in data_ranks:
+        reader = run.readers[r]
+        if reader.activations != taps or not taps:
+            continue
+        idx = rows_for(np.asarray(reader.steps, np.int64), steps)
+        has = (take(reader.has(), idx, 0) & schema.HAS_ACTS) != 0
+        stats = take(reader.act_stats().astype(np.float64), idx, np.nan)
+        size = take(reader.input_stats().astype(np.float64), idx, np.nan)[:, schema.INPUT_COLUMNS.index("size")]
+        w = np.where(np.isfinite(size) & (size > 0), size, 1.0)
+        ok = has[:, None] & np.isfinite(stats).all(axis=2)
+        total += np.where(ok[..., None], stats * w[:, None, None], 0.0)
+        weight += np.where(ok, w[:, None], 0.0)
+        absmax = np.where(ok, np.fmax(absmax, stats[..., col_max]), absmax)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / weight[..., None]
+    out[..., col_max] = absmax
+    out[weight == 0] = np.nan
+    return out
 
 
 def _mean_loss(run: Run, steps: np.ndarray) -> np.ndarray:

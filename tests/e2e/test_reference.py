@@ -72,6 +72,14 @@ def test_a_loss_scaled_by_the_world_size_is_told_from_summed_gradients(tmp_path_
     assert "instead of averaged" not in factor["message"]
 
 
+def test_a_learning_rate_scaled_twice_is_a_factor_of_the_updates_not_the_gradients(tmp_path_factory, reference):
+    code, report = _diff(reference, _run(tmp_path_factory, "lr", *SHORT, "--bug", "lr-twice"))
+    (update,) = [f for f in report["findings"] if f["code"] == "diff_update_factor"]
+    assert code == 1 and update["step"] == 1 and update["detail"]["factor"] == pytest.approx(4.0, rel=1e-4)
+    assert "scaled by the world size twice" in update["message"]
+    assert not [f for f in report["findings"] if f["code"] in ("diff_factor", "diff_grad") and f["step"] == 1]
+
+
 def test_every_rank_reading_one_shard_is_named_at_step_1(tmp_path_factory, reference):
     code, report = _diff(reference, _run(tmp_path_factory, "same", *SHORT, "--bug", "same-shard"))
     batch = [f for f in report["findings"] if f["code"] == "diff_batch"]
@@ -87,3 +95,24 @@ def test_batchnorm_over_local_batches_is_named_as_the_explanation(tmp_path_facto
     assert code == 1 and len(bn) == 1 and bn[0]["step"] == 1
     assert "BatchNorm without synchronisation (bn)" in bn[0]["message"] and "SyncBatchNorm" in bn[0]["message"]
     assert not [f for f in report["findings"] if f["code"] in ("diff_factor", "diff_batch")]
+
+
+ACTS = ("--lr", "0.2", "--steps", "6", "--hidden-layers", "2")
+
+
+def test_the_first_layer_whose_output_differs_is_the_one_after_batchnorm(tmp_path_factory):
+    ref = _run(tmp_path_factory, "actbnref", *ACTS, "--bug", "bn", n=1, options=("--activations",))
+    code, report = _diff(ref, _run(tmp_path_factory, "actbn", *ACTS, "--bug", "bn", options=("--activations",)))
+    act = [f for f in report["findings"] if f["code"] == "diff_activation"]
+    assert code == 1 and len(act) == 1 and act[0]["step"] == 1, report["findings"]
+    assert act[0]["detail"]["layer"] == "relu" and act[0]["caused_by"] == "diff_batchnorm@1"
+    assert "before any gradient" in act[0]["message"] and "the layers before it agree: relu1" in act[0]["message"]
+
+
+def test_summed_gradients_leave_the_forward_pass_of_step_1_alone(tmp_path_factory):
+    ref = _run(tmp_path_factory, "actref", *ACTS, n=1, options=("--activations",))
+    code, report = _diff(ref, _run(tmp_path_factory, "actsum", *ACTS, "--bug", "sum", options=("--activations",)))
+    assert code == 1 and not [f for f in report["findings"] if f["code"] == "diff_activation"]
+    note = [n["message"] for n in report["notes"] if n["code"] == "diff_activation"]
+    assert note and note[0].startswith("The forward pass agrees at step 1, where the runs part: every layer's "
+                                       "output (relu1, relu) is within the envelope")
