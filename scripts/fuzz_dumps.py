@@ -131,7 +131,7 @@ def main() -> int:
         except Timeout:
             failures.append((case, "?", f"took more than {args.limit:g} s"))
         except Exception:
-            failures.append((case, "?", traceback.format_exc(limit=3)))
+            failures.append((case, "?", traceback.format_exc(limit=int(os.environ.get("FUZZ_FRAMES", "3")))))
         shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     print(f"{args.cases} cases in {time.time() - started:.1f} s: {input_errors} reported input errors, "

@@ -18,7 +18,7 @@ from distcheck.analysis.structure import (ReplicaConfigError, common_structure, 
 from distcheck.findings import Finding, Note, sort_findings
 from distcheck.replicas import Declaration
 from distcheck.store.reader import DumpError
-from distcheck.store.schema import ParamInfo
+from distcheck.store.schema import ParamInfo, Status
 
 
 Check = Callable[[Run, dict, Pool], list[Finding | Note]]
@@ -97,8 +97,9 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
         first = len(tasks)
         for part in chunks(list(range(len(params))), pool.size):
             lo, hi = part[0], part[-1] + 1
-            tasks.append(_Scan(run.dirs, members, params[lo:hi], {r: c[lo:hi] for r, c in cols.items()},
-                               weights[lo:hi], lo))
+            parts: dict[int, np.ndarray] = {}  # ranks sharing a column array share its part too
+            tasks.append(_Scan(run.dirs, members, params[lo:hi],
+                               {r: parts.setdefault(id(c), c[lo:hi]) for r, c in cols.items()}, weights[lo:hi], lo))
         jobs.append((comparison, members, params, cols, first, len(tasks)))
     with sharing(run):
         scanned = pool.map(_scan, tasks)
@@ -117,8 +118,8 @@ def gradients_not_recorded(run: Run) -> list[Note]:
     """A note for the ranks whose probe recorded no gradients on purpose (``meta.gradients``
     says why: sharded modes, or ``--grad-copy-limit``)."""
     why: dict[str, list[int]] = {}
-    for rank, reader in sorted(run.readers.items()):
-        reason = reader.meta.get("gradients")
+    for rank in sorted(run.readers):
+        reason = run.readers.shared("meta", rank).get("gradients")
         if reason:
             why.setdefault(str(reason), []).append(rank)
     return [Note("gradients", tuple(ranks), f"Gradients {reason}. Gradient divergence cannot be told apart from "
@@ -157,14 +158,16 @@ def by_training_call(findings: list[Finding], calls: list[tuple[int, int]]) -> l
 
 def summary(run: Run) -> dict[str, Any]:
     ranks = {}
-    for rank, reader in sorted(run.readers.items()):
+    table = run.readers  # read from its columns: no reader is built per rank
+    for rank in sorted(table):
+        steps = table.steps_of(rank)
         ranks[str(rank)] = {
-            "file": reader.path,
-            "status": reader.status_name,
-            "steps_recorded": int(reader.n_steps),
-            "first_step": int(reader.steps[0]) if reader.n_steps else None,
-            "last_step": int(reader.steps[-1]) if reader.n_steps else None,
-            "hostname": reader.attr("hostname"),
+            "file": table.paths[table.row_of(rank)],
+            "status": Status(table.number("status", rank)).label,
+            "steps_recorded": len(steps),
+            "first_step": int(steps[0]) if len(steps) else None,
+            "last_step": int(steps[-1]) if len(steps) else None,
+            "hostname": table.shared("attrs", rank).get("hostname"),
         }
     return {
         "dirs": run.dirs,

@@ -88,8 +88,9 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
         "param": has & schema.HAS_PARAMS != 0,
         "grad": has & schema.HAS_GRADS != 0,
     }
-    calm = {kind: _rollups_agree(np.stack([take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)]),
-                                 present[kind]) for kind in schema.KINDS}
+    rollups = {kind: np.stack([take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)])
+               for kind in schema.KINDS}  # (R, T, 2)
+    calm = {kind: _rollups_agree(rollups[kind], present[kind]) for kind in schema.KINDS}
     prev_step: Optional[int] = None
     for start in range(0, len(steps), BLOCK):
         stop = min(start + BLOCK, len(steps))
@@ -98,10 +99,8 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
             if calm[kind][start:stop].all():
                 block[kind] = None
             else:
-                digests = np.stack([_read_block(r, kind, idx[start:stop], cols[m])
-                                    for m, r, idx in zip(members, readers, rows)])  # (R, t, P, 2)
-                mask = np.broadcast_to(present[kind][:, start:stop, None], digests.shape[:-1])
-                block[kind] = outlier_mask(digests, mask)
+                block[kind] = _vote_block(members, readers, rows, cols, kind, start, stop, rollups[kind],
+                                          present[kind])
         if all(v is None for v in block.values()):  # every rank agrees on every step of the block
             for tracker in trackers.values():
                 tracker.prev[:] = False
@@ -162,6 +161,58 @@ def describe(run: Run, members: list[int], params: list[ParamInfo], cols: dict[i
         if not e.has_majority and e.stage in ("init", "param"):
             e.blocks = _blocks(run, members, cols, e)
     return episodes
+
+
+#: Distinct classes of ranks a block is voted on by class; beyond, rank by rank.
+MAX_CLASSES = 32
+#: Bytes of digests read at once when a block is voted on rank by rank.
+READ_BUDGET = 64 << 20
+
+
+def _vote_block(members: list[int], readers: list, rows: list[np.ndarray], cols: dict[int, np.ndarray], kind: str,
+                start: int, stop: int, rollups: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vote on steps [start, stop) of ``kind``: ``(outliers (R, t, P), majority (t, P))``
+    as :func:`outlier_mask` finds it on every member's digests.
+
+    Ranks whose rollups, presence and columns are equal over the block hold equal
+    digests, so one of each such class is read and counted as many times as its class
+    has members: a block of ten thousand ranks of which one differs reads two ranks.
+    With many classes, every rank is read, a few steps at a time (``READ_BUDGET``)."""
+    classes: dict[bytes, int] = {}
+    class_of = np.empty(len(members), np.int64)
+    first: list[int] = []  # a member of each class
+    for i, m in enumerate(members):
+        key = rollups[i, start:stop].tobytes() + present[i, start:stop].tobytes() + cols[m].tobytes()
+        c = class_of[i] = classes.setdefault(key, len(first))
+        if c == len(first):
+            first.append(i)
+    if len(first) <= MAX_CLASSES:
+        digests = np.stack([_read_block(readers[i], kind, rows[i][start:stop], cols[members[i]]) for i in first])
+        mask = np.broadcast_to(present[first, start:stop, None], digests.shape[:-1])
+        outliers, majority = _vote_classes(digests, mask, np.bincount(class_of, minlength=len(first)))
+        return outliers[class_of], majority
+    width = max(len(c) for c in cols.values()) * 16 * len(members)
+    parts = []
+    for lo in range(start, stop, max(1, READ_BUDGET // max(width, 1))):
+        hi = min(stop, lo + max(1, READ_BUDGET // max(width, 1)))
+        digests = np.stack([_read_block(r, kind, idx[lo:hi], cols[m])
+                            for m, r, idx in zip(members, readers, rows)])  # (R, t, P, 2)
+        parts.append(outlier_mask(digests, np.broadcast_to(present[:, lo:hi, None], digests.shape[:-1])))
+    return np.concatenate([o for o, _ in parts], axis=1), np.concatenate([m for _, m in parts], axis=0)
+
+
+def _vote_classes(digests: np.ndarray, present: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`outlier_mask` of classes of equal ranks, class ``c`` counting ``counts[c]``
+    votes: ``digests`` (C, ...,  2), ``present`` (C, ...). Pairwise: C is small."""
+    weights = counts.reshape(-1, *([1] * (present.ndim - 1)))
+    same = np.all(digests[:, None] == digests[None, :], axis=-1) & present[None, :]  # (C, C, ...)
+    support = np.where(present, (same * weights[None]).sum(axis=1), 0)
+    voters = (present * weights).sum(axis=0)
+    in_majority = (support * 2 > voters) & present
+    has_majority = in_majority.any(axis=0)
+    disagrees = np.any(present & (support < voters), axis=0)
+    outliers = np.where(has_majority, present & ~in_majority, present & disagrees)
+    return outliers, has_majority | ~disagrees
 
 
 def _rollups_agree(rollups: np.ndarray, present: np.ndarray) -> np.ndarray:

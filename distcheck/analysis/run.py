@@ -14,10 +14,11 @@ from typing import Callable, Optional
 
 from distcheck.analysis.pools import Pool
 from distcheck.analysis.progress_bar import ProgressBar
+from distcheck.analysis.rank_table import RankTable
 from distcheck.exits import UsageError
 from distcheck.store import schema
-from distcheck.store.reader import DumpError, DumpReader, screen, validated_state
-from distcheck.store.screening import Screening, decode_state
+from distcheck.store.reader import DumpError, validated_state
+from distcheck.store.screening import Screening
 from distcheck.store.sidecars import job_ids_beside
 
 
@@ -34,7 +35,8 @@ class InputError:
 @dataclass
 class Run:
     dirs: list[str]
-    readers: dict[int, DumpReader] = field(default_factory=dict)
+    #: rank -> its reader, kept as compact columns (see :class:`RankTable`).
+    readers: RankTable = field(default_factory=RankTable)
     errors: list[InputError] = field(default_factory=list)
     unreadable_ranks: dict[int, str] = field(default_factory=dict)
 
@@ -49,7 +51,7 @@ class Run:
     @property
     def world_size(self) -> int:
         if "world_size" not in self._cache:
-            sizes = [r.world_size for r in self.readers.values()]
+            sizes = [self.readers.number("world_size", r) for r in self.readers]
             known = max(sizes) if sizes else 0
             highest = max([*self.readers, *self.unreadable_ranks], default=-1) + 1
             self._cache["world_size"] = max(known, highest)
@@ -60,15 +62,15 @@ class Run:
         cached = ("meta", key, repr(default))
         if cached not in self._cache:
             counts: dict[str, list] = {}
-            for r in self.readers.values():
-                value = r.meta.get(key, default)
-                counts.setdefault(repr(value), [0, value])[0] += 1
+            for meta, ranks in self.readers.distinct("meta"):  # ranks of one job share their metadata
+                value = meta.get(key, default)
+                counts.setdefault(repr(value), [0, value])[0] += len(ranks)
             self._cache[cached] = max(counts.values(), key=lambda c: c[0])[1] if counts else default
         return self._cache[cached]
 
     def drop(self, error: DumpError) -> None:
         """Leave out the rank whose file raised ``error``, and say so as an input error."""
-        rank = next((r for r, reader in self.readers.items() if reader.path == error.path), None)
+        rank = next((r for r in self.readers if self.readers.paths[self.readers.row_of(r)] == error.path), None)
         if rank is None:
             raise error  # not one of ours: a bug, not damage
         self.readers.pop(rank).close()
@@ -77,8 +79,7 @@ class Run:
         self.unreadable_ranks[rank] = error.problem
 
     def close(self) -> None:
-        for reader in self.readers.values():
-            reader.close()
+        self.readers.close()
 
 
 def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = None) -> Run:
@@ -101,20 +102,21 @@ def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = 
     with ProgressBar(f"reading {len(files)} rank files", len(files)) as bar:
         if not screen_files or not hasattr(os, "fork"):
             for path, rank in files:
-                _load_file(run, path, rank, lambda: DumpReader(path, check_hangs=False))
+                _load_file(run, path, rank, lambda: validated_state(path))
                 bar.advance()
         elif pool is not None and pool.size > 1 and len(files) > 1:
-            shares = [paths[i::pool.size] for i in range(pool.size)]
-            messages: dict[int, bytes] = {}
-            for i, share in enumerate(pool.map(screen, shares)):
-                messages.update(zip(range(i, len(paths), pool.size), share))
+            # Each worker screens a share and sends it back as columns: no message per file is kept.
+            shares = pool.map(screen_share, [paths[i::pool.size] for i in range(pool.size)])
             for i, (path, rank) in enumerate(files):
-                _load_file(run, path, rank, lambda: DumpReader.validated(path, decode_state(messages.pop(i))))
+                table, errors = shares[i % pool.size]
+                j = i // pool.size
+                _load_file(run, path, rank, lambda: _state_or_error(table, errors, j))
                 bar.advance()
+            del shares
         else:
             with Screening(paths, validated_state) as screening:
                 for i, (path, rank) in enumerate(files):
-                    _load_file(run, path, rank, lambda: DumpReader.validated(path, screening.state(i)))
+                    _load_file(run, path, rank, lambda: screening.state(i))
                     bar.advance()
     try:
         refuse_mixed_jobs(run)
@@ -124,28 +126,47 @@ def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = 
     return run
 
 
-def _load_file(run: Run, path: str, rank_from_name: int, open_reader: Callable[[], DumpReader]) -> None:
+def screen_share(paths: list[str]) -> tuple[RankTable, dict[int, DumpError]]:
+    """Validate ``paths`` in a screening child (see :class:`Screening`), in a worker:
+    the states as a :class:`RankTable` (rows in the order of ``paths``, the failed ones
+    left out), and the error of each failed file by its position."""
+    table, errors = RankTable(), {}
+    with Screening(paths, validated_state) as screening:
+        for i, path in enumerate(paths):
+            try:
+                table.add(path, screening.state(i))
+            except DumpError as exc:
+                errors[i] = exc
+    return table, errors
+
+
+def _state_or_error(table: RankTable, errors: dict[int, DumpError], position: int) -> dict:
+    if position in errors:
+        raise errors[position]
+    return table.state(position - sum(1 for i in errors if i < position))
+
+
+def _load_file(run: Run, path: str, rank_from_name: int, load_state: Callable[[], dict]) -> None:
     try:
-        reader = open_reader()
+        state = load_state()
     except DumpError as exc:
         run.errors.append(InputError(path, str(exc), rank_from_name))
         run.unreadable_ranks[rank_from_name] = exc.problem
         return
-    run._jobs[path] = (str(reader.attr("job_id", "") or ""), reader.world_size)
-    if reader.rank != rank_from_name:
+    rank = state["rank"]
+    run._jobs[path] = (str(state["_attrs"].get("job_id", "") or ""), state["world_size"])
+    if rank != rank_from_name:
         run.errors.append(InputError(path, f"{path}: file name says rank {rank_from_name} but the dump "
-                                     f"says rank {reader.rank}; rename or remove it", rank_from_name))
-        reader.close()
+                                     f"says rank {rank}; rename or remove it", rank_from_name))
         return
-    if reader.rank in run.readers:
-        other = run.readers[reader.rank].path
-        run.errors.append(InputError(path, f"{path}: rank {reader.rank} is also in {other}; give each "
-                                     "node's run directory once, and one run per directory", reader.rank))
-        reader.close()
+    if rank in run.readers:
+        other = run.readers.paths[run.readers.row_of(rank)]
+        run.errors.append(InputError(path, f"{path}: rank {rank} is also in {other}; give each "
+                                     "node's run directory once, and one run per directory", rank))
         return
-    run.readers[reader.rank] = reader
+    run.readers.add(path, state)
     run._cache.clear()
-    run.errors.extend(InputError(path, problem, reader.rank) for problem in reader.problems)
+    run.errors.extend(InputError(path, problem, rank) for problem in state["problems"])
 
 
 class MixedJobsError(UsageError):

@@ -51,7 +51,7 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
     """The comparisons to make, and what could not be compared. Raises
     :class:`ReplicaConfigError` when ``declared`` names a rank the run does not have or
     has an entry that matches no parameter."""
-    names_seen = {p.name for reader in run.readers.values() for p in reader.params}
+    names_seen = {p.name for params, _ in run.readers.distinct("params") for p in params}
     if declared is not None:
         try:
             declared.check_ranks(run.world_size)
@@ -67,10 +67,16 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
     alone: dict[str, set[int]] = {}
     unknown: dict[str, set[int]] = {}
     everyone = tuple(range(run.world_size))
-    for rank, reader in sorted(run.readers.items()):
-        recorded = reader.replica_groups()
+    recorded_by: dict[tuple[int, int], list] = {}  # ranks with equal tables share their groups
+    for rank in sorted(run.readers):
+        params = run.readers.shared("params", rank)
+        replicas = run.readers.shared("replicas", rank)
+        key = (id(params), id(replicas))
+        recorded = recorded_by.get(key) if replicas is not None else None
+        if recorded is None:
+            recorded = recorded_by[key] = run.readers[rank].replica_groups()
         of_group: dict[int, Comparison] = {}  # by id(): a rank's groups are a few shared tuples
-        for param, rec in zip(reader.params, recorded):
+        for param, rec in zip(params, recorded):
             group, source = _group_of(param.name, rank, everyone, declared, rec, legacy, replicated)
             if group is None:
                 unknown.setdefault(param.name, set()).add(rank)
@@ -119,25 +125,36 @@ def _group_of(name: str, rank: int, everyone: Group, declared: Optional[Declarat
 def data_parallel_peers(run: Run, found: list[Comparison]) -> list[list[int]]:
     """Ranks that replicate each other in every parameter they hold: they must read
     different batches. (Ranks of one model-parallel group hold different shards and may
-    read the same batch.) Each rank's peers are the intersection of its groups."""
-    peers: dict[int, set[int]] = {r: set(run.readers) for r in run.readers}
-    held: set[int] = set()
-    for c in found:
+    read the same batch.) Each rank's peers are the intersection of its groups: computed
+    once per distinct set of groups, never a set of peers per rank (ten thousand ranks
+    would make that a hundred million entries)."""
+    groups_of: dict[int, list[int]] = {}  # rank -> the comparisons that hold it
+    for i, c in enumerate(found):
         for r in c.group:
-            if r in peers:
-                peers[r] &= set(c.group)
-                held.add(r)
-    classes = {tuple(sorted(peers[r])) for r in held}
-    return [list(c) for c in sorted(classes) if len(c) > 1]
+            if r in run.readers:
+                groups_of.setdefault(r, []).append(i)
+    classes: dict[tuple[int, ...], tuple[int, ...]] = {}  # its comparisons -> its peers
+    for held_by in {tuple(i) for i in groups_of.values()}:
+        peers = set(run.readers)
+        for i in held_by:
+            peers &= set(found[i].group)
+        classes[held_by] = tuple(sorted(peers))
+    return [list(c) for c in sorted(set(classes.values())) if len(c) > 1]
 
 
 def common_structure(run: Run, members: list[int], names: list[str]
                      ) -> tuple[list[int], list[ParamInfo], dict[int, np.ndarray], list[Finding]]:
     """The members that hold ``names`` alike (same shapes and dtypes, as most members
     do), those parameters, each member's column of each, and findings."""
-    tables = {r: {p.name: (i, p) for i, p in enumerate(run.readers[r].params)} for r in members}
-    signature = {r: tuple((n, tables[r][n][1].shape, tables[r][n][1].dtype) if n in tables[r] else (n, None, None)
-                          for n in names) for r in members}
+    by_table: dict[int, tuple[dict, tuple]] = {}  # ranks of equal parameter tables share one object
+    tables, signature = {}, {}
+    for r in members:
+        params = run.readers.shared("params", r)
+        if id(params) not in by_table:
+            table = {p.name: (i, p) for i, p in enumerate(params)}
+            by_table[id(params)] = (table, tuple((n, table[n][1].shape, table[n][1].dtype) if n in table
+                                                 else (n, None, None) for n in names))
+        tables[r], signature[r] = by_table[id(params)]
     if not members:
         return [], [], {}, []
     counts = Counter(signature.values())
@@ -158,7 +175,11 @@ def common_structure(run: Run, members: list[int], names: list[str]
             "were left out of the value comparisons."))
     present = [n for n, shape, _ in best if shape is not None]
     params = [tables[agree[0]][n][1] for n in present]
-    cols = {r: np.array([tables[r][n][0] for n in present], np.int64) for r in agree}
+    shared_cols: dict[int, np.ndarray] = {}  # one array per distinct table, shared by its ranks
+    cols = {r: shared_cols.get(id(tables[r])) for r in agree}
+    for r in agree:
+        if cols[r] is None:
+            cols[r] = shared_cols[id(tables[r])] = np.array([tables[r][n][0] for n in present], np.int64)
     return agree, params, cols, findings
 
 

@@ -105,7 +105,7 @@ class DumpReader:
                 "n_steps": self.n_steps, "steps": self.steps, "problems": self.problems, "params": self.params,
                 "activations": self.activations, "status": self.status, "status_message": self.status_message,
                 "status_signal": self.status_signal, "_attrs": self._attrs, "_last_beat": self._last_beat,
-                "_n_stacks": self._n_stacks, "_series": self._series}
+                "_n_stacks": self._n_stacks, "_series": self._series, "_replicas": self._replicas}
 
     @property
     def _file(self) -> h5py.File:
@@ -188,6 +188,7 @@ class DumpReader:
             self._n_stacks = min(_shape(f, p)[0] for p in stacks)
         except KeyError:  # a version 1 dump (no stacks), or a damaged one: none to show
             self._n_stacks = 0
+        self._replicas = self._read_replicas()  # every analysis asks, a rank at a time
         if self.n_steps <= PREFETCH_STEPS:  # small per-step series: read now, while the file is open
             for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST, schema.TIME):
                 self.series(path)
@@ -238,14 +239,26 @@ class DumpReader:
     def replica_groups(self) -> list[Optional[tuple[tuple[int, ...], int]]]:
         """Per parameter, (its replica group, the group's source) as the probe recorded
         it, or None where unknown (and in dumps older than this record)."""
-        if schema.REPLICA_GROUP not in self._file:
+        replicas = self.__dict__.get("_replicas")
+        if replicas is None:  # a reader from a state that did not carry them
+            replicas = self._read_replicas()
+        if not replicas:
             return [None] * len(self.params)
+        rows = {int(i): (tuple(int(r) for r in np.flatnonzero(np.unpackbits(m))), int(s))
+                for i, m, s in zip(replicas["rows"], replicas["members"], replicas["sources"])}
+        return [rows.get(int(i)) for i in replicas["index"]]
+
+    def _read_replicas(self) -> dict[str, np.ndarray]:
+        """The recorded replica groups: each parameter's row (``index``), and the rows it
+        uses (``rows``, their ``members`` and ``sources``); empty in dumps without them."""
+        if schema.REPLICA_GROUP not in self._file:
+            return {}
         index = self._read(schema.REPLICA_GROUP, ())
-        members = self._read(schema.REPLICA_MEMBERS, ())
         sources = self._read(schema.REPLICA_SOURCE, ())
-        rows = {int(i): (tuple(int(r) for r in np.flatnonzero(np.unpackbits(members[i]))), int(sources[i]))
-                for i in np.unique(index) if 0 <= i < len(members) and sources[i]}
-        return [rows.get(int(i)) for i in index]
+        rows = np.array([i for i in np.unique(index) if 0 <= i < len(sources) and sources[i]], np.int64)
+        members = (self._read(schema.REPLICA_MEMBERS, rows) if len(rows) else
+                   np.zeros((0, self._file[schema.REPLICA_MEMBERS].shape[1]), np.uint8))
+        return {"index": index, "rows": rows, "members": members, "sources": sources[rows]}
 
     def skipped(self) -> np.ndarray:
         """(K,) for each training step whose update a loss-scale overflow skipped, the
@@ -294,7 +307,7 @@ class DumpReader:
         """(steps, P, 2) int64 NaN and Inf counts, exact (:data:`schema.COUNT_COLUMNS`); from
         the float32 statistics in dumps written before counts were kept as integers."""
         stop = self.n_steps if stop is None else min(stop, self.n_steps)
-        if schema.counts_path(kind) in self._file:
+        if self._has(schema.counts_path(kind)):
             return self._read(schema.counts_path(kind), slice(start, stop))
         columns = [schema.STAT_COLUMNS.index(c) for c in schema.COUNT_COLUMNS]
         return np.nan_to_num(self.stats(kind, start, stop)[:, :, columns]).astype(np.int64)
@@ -302,7 +315,7 @@ class DumpReader:
     def input_counts(self) -> np.ndarray:
         """(N, 3) int64 NaN, Inf and element counts of the batch's inputs, exact
         (:data:`schema.INPUT_COUNT_COLUMNS`)."""
-        if schema.INPUT_COUNTS in self._file:
+        if self._has(schema.INPUT_COUNTS):
             return self.series(schema.INPUT_COUNTS)
         columns = [schema.INPUT_COLUMNS.index(c) for c in schema.INPUT_COUNT_COLUMNS]
         return np.nan_to_num(self.input_stats()[:, columns]).astype(np.int64)
@@ -327,7 +340,7 @@ class DumpReader:
         """What kind of difference the online check found before it stopped the job
         (step, param, rank and the fields of :class:`distcheck.difference.Difference`),
         or None."""
-        if schema.ONLINE_DIFFERENCE not in self._file:
+        if not self._has(schema.ONLINE_DIFFERENCE):
             return None
         text = _text(self._read(schema.ONLINE_DIFFERENCE, 0)).rstrip("\x00")
         try:
@@ -352,6 +365,14 @@ class DumpReader:
     def _length(self, path: str) -> int:
         try:
             return int(self._file[path].shape[0])
+        except Exception as exc:
+            raise DumpError(self.path, f"damaged data in {path}: {exc}",
+                            "this rank was left out of the analysis; re-run the job") from None
+
+    def _has(self, path: str) -> bool:
+        """Whether an optional dataset exists; damage found only now becomes a :class:`DumpError`."""
+        try:
+            return path in self._file
         except Exception as exc:
             raise DumpError(self.path, f"damaged data in {path}: {exc}",
                             "this rank was left out of the analysis; re-run the job") from None
@@ -402,7 +423,8 @@ def _open(path: str) -> h5py.File:
 
 def validated_state(path: str) -> dict:
     """Validate ``path`` here: what a screening child hands over (see :meth:`DumpReader.state`)."""
-    return DumpReader(path, check_hangs=False).state()
+    with DumpReader(path, check_hangs=False) as reader:  # closed: the pool of open files keeps no copy
+        return reader.state()
 
 
 def screen(paths: list[str]) -> list[bytes]:

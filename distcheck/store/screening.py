@@ -145,12 +145,15 @@ def encode_state(state: dict) -> bytes:
     arrays = {"steps": state["steps"], **state["_series"]}
     if state["_last_beat"] is not None:
         arrays["last_heartbeat"] = state["_last_beat"]
+    replicas = state.get("_replicas")
+    arrays.update({f"replicas:{name}": a for name, a in (replicas or {}).items()})
     header = {"version": state["version"], "rank": state["rank"], "world_size": state["world_size"],
               "meta": state["meta"],
               "params": [[p.name, list(p.shape), p.dtype, p.trainable, p.has_grad] for p in state["params"]],
               "activations": [list(a) for a in state["activations"]], "n_steps": state["n_steps"],
               "problems": state["problems"], "status": int(state["status"]), "status_message": state["status_message"],
               "status_signal": state["status_signal"], "attrs": state["_attrs"], "n_stacks": state["_n_stacks"],
+              "replicas": replicas is not None,
               "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
     text = json.dumps(header).encode()
     return b"".join([len(text).to_bytes(8, "little"), text,
@@ -179,12 +182,14 @@ def decode_state(message: bytes) -> dict:
         arrays[name] = np.frombuffer(message, dtype, count, offset).reshape(shape).copy()
         offset += count * dtype.itemsize
     steps, last_beat = arrays.pop("steps"), arrays.pop("last_heartbeat", None)
+    replicas = {name[len("replicas:"):]: arrays.pop(name) for name in list(arrays) if name.startswith("replicas:")}
     return {"version": header["version"], "rank": header["rank"], "world_size": header["world_size"],
             "meta": header["meta"], "n_steps": header["n_steps"], "steps": steps, "problems": header["problems"],
             "params": [ParamInfo(n, tuple(shape), d, t, g) for n, shape, d, t, g in header["params"]],
             "activations": [tuple(a) for a in header["activations"]], "status": Status(header["status"]),
             "status_message": header["status_message"], "status_signal": header["status_signal"],
-            "_attrs": header["attrs"], "_last_beat": last_beat, "_n_stacks": header["n_stacks"], "_series": arrays}
+            "_attrs": header["attrs"], "_last_beat": last_beat, "_n_stacks": header["n_stacks"], "_series": arrays,
+            "_replicas": replicas if header.get("replicas") else None}
 
 
 def _write_all(fd: int, data: bytes) -> None:
