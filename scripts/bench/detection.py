@@ -11,9 +11,10 @@ scored against :data:`EXPECTED`:
 - placed exactly: that finding names the right rank(s), step and parameters;
 - latency: steps from the injection to the first such finding (with ``--fail-fast``
   rows, also the seconds from the injection until ``distcheck launch`` returned);
-- kind: for a parameter divergence, whether the report's kind of difference points at
-  the hardware (``bit_flip``, ``one_element``, ``few_elements``) for the bit flips, and
-  not (not ``bit_flip`` or ``one_element``) for the software faults.
+- kind: for a parameter divergence, whether the report's kind of difference (of the
+  fault rank's first parameter in that finding) points at the hardware (``bit_flip``,
+  ``one_element``, ``few_elements``) for the bit flips, and away from it for the
+  software faults that change whole tensors.
 
 Healthy runs (other seeds, batch sizes and lengths; one per network of 1,000 steps)
 count errors and warnings: every one not listed in :data:`JUSTIFIED` is a false alarm.
@@ -49,12 +50,13 @@ NETS = ("mlp", "cnn", "transformer")
 RANKS = 3
 STEPS = 20  # steps of a fault trial
 BATCH = 16
-STALL_TIMEOUT = 15  # seconds, for the stall trials
+STALL_TIMEOUT = 25  # seconds without progress, for the stall trials (first-step compilation included)
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What a report must say about a fault. ``step``: "fault" (the drawn step), or a fixed
+    """What a report must say about a fault (``codes``: the first is the one that names it
+    best, and wins a tie at the same step). ``step``: "fault" (the drawn step), or a fixed
     step; ``rank``: "fault", "all" or None (not checked); ``params``: True to compare with
     the parameters the job says it touched. ``quiet``: the right outcome is no finding."""
 
@@ -80,21 +82,22 @@ EXPECTED: dict[str, Expected] = {
     "opt_reset": Expected(("param_divergence",), kind="software"),
     "bitflip_exp": Expected(("param_divergence",), kind="hardware"),
     "bitflip_lsb": Expected(("param_divergence",), kind="hardware"),
-    "nudge": Expected(("param_divergence",), kind="software"),
+    "nudge": Expected(("param_divergence",)),  # three elements written: "a few" is right, not judged
     "dropout_rng": Expected(quiet=True, nets=("transformer",)),
     "unsharded": Expected(("data_not_sharded",), step=1, rank="all", params=False),
-    "inf_batch": Expected(("loss_nonfinite",), params=False),
+    # Where ReLU masks the NaN (the CNN), the loss stays finite: only the gradients turn
+    # non-finite, on every rank after the AllReduce (found, but not placed on the rank).
+    "inf_batch": Expected(("loss_nonfinite", "grad_exploding"), params=False),
     "frozen": Expected(("init_mismatch",), step=0, kind="software"),
     "bn_unsynced": Expected(("buffer_divergence",), step=1, rank=None, params=False, nets=("cnn",)),
     "kill": Expected(("rank_stopped",), params=False, env=(("MS_NODE_TIMEOUT", "5"),)),
     "stall": Expected(("rank_stalled",), params=False, launch=("--stall-timeout", str(STALL_TIMEOUT))),
-    "grad_sum": Expected(("diff_grad", "diff_param", "diff_loss"), step=1, rank=None, params=False,
+    "grad_sum": Expected(("diff_factor", "diff_grad", "diff_param", "diff_loss"), step=1, rank=None, params=False,
                          nets=("mlp",)),
 }
 #: Warnings a reader would call right on a healthy run of this network.
 JUSTIFIED = {"cnn": {"buffer_divergence"}}  # BatchNorm without synchronisation: expected
-HARDWARE_KINDS = ("bit_flip", "one_element", "few_elements")
-SOFTWARE_NOT = ("bit_flip", "one_element")
+HARDWARE_KINDS = ("bit_flip", "one_element", "few_elements")  # what points at the node
 QUICK_FAULTS = ("seed", "no_reduce", "lr", "bitflip_exp", "nudge", "inf_batch")
 FAIL_FAST = (("mlp", "seed"), ("cnn", "bitflip_exp"), ("transformer", "nudge"))
 
@@ -145,13 +148,13 @@ def plan(args: argparse.Namespace) -> list[Trial]:
                 trials.append(Trial(net, fault, k, step=int(rng.integers(spec.min_step, STEPS - 4)),
                                     rank=int(rng.integers(RANKS)), param=int(rng.integers(1000)),
                                     element=int(rng.integers(2**31))))
-    if not args.quick and not args.faults:
+    if not args.quick:
         for net, fault in FAIL_FAST:
-            if net in nets:
+            if net in nets and fault in faults:
                 trials.append(Trial(net, fault, 0, step=int(rng.integers(2, STEPS - 4)), rank=int(rng.integers(RANKS)),
                                     param=int(rng.integers(1000)), element=int(rng.integers(2**31)), fail_fast=True))
     healthy = [(30, 16), (60, 8), (1000, 32)] if not args.quick else [(30, 16)]
-    for net in (nets[:1] if args.quick else nets):
+    for net in (nets[:1] if args.quick else () if args.no_healthy else nets):
         for k, (steps, batch) in enumerate(healthy):
             trials.append(Trial(net, "none", k, seed=int(rng.integers(1, 10**6)), data_seed=int(rng.integers(10**6)),
                                 steps=steps, batch=batch, plain_too=k == 0 and not args.quick))
@@ -264,7 +267,7 @@ def score(trial: Trial, spec: Expected, findings: list[dict], record: dict) -> d
     matching = [f for f in alarms if f["code"] in spec.codes]
     if not matching:
         return {"detected": False, "placed": False}
-    first = min(matching, key=lambda f: (f["step"] is None, f["step"] or 0))
+    first = min(matching, key=lambda f: (f["step"] is None, f["step"] or 0, spec.codes.index(f["code"])))
     fault_rank = trial.rank % RANKS
     injected = trial.step if spec.step == "fault" else spec.step
     placed = {}
@@ -283,7 +286,7 @@ def score(trial: Trial, spec: Expected, findings: list[dict], record: dict) -> d
         out["kinds"] = kinds
         if kinds:
             out["kind_right"] = (kinds[0] in HARDWARE_KINDS if spec.kind == "hardware"
-                                 else kinds[0] not in SOFTWARE_NOT)
+                                 else kinds[0] not in HARDWARE_KINDS)
     return out
 
 
@@ -372,6 +375,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--faults", default="", help="comma-separated (default: every fault, or the quick ones)")
     p.add_argument("--out", default="bench-detection", metavar="DIR")
     p.add_argument("--jobs", type=int, default=1, help="trials at a time (only 1 is supported)")
+    p.add_argument("--no-healthy", action="store_true", help="leave out the healthy runs")
     p.add_argument("--list", action="store_true", help="print the planned trials and exit")
     args = p.parse_args(argv)
     args.nets = tuple(n for n in args.nets.split(",") if n)

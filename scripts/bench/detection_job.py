@@ -23,7 +23,8 @@ its own shard). ``--fault NAME`` plants one fault on rank ``--fault-rank`` (modu
   stale_checkpoint  every rank saves a checkpoint (weights and optimizer state) at
                     step S-2; at step S the fault rank loads it back
   no_reduce         the fault rank applies its local gradient of parameter P, not the
-                    all-reduced one (a train cell whose grad reducer skips P there)
+                    all-reduced one (a train cell that takes P's gradient before its
+                    reduction there; a flag column of the batch says where)
   lr                from update S on, the fault rank's learning rate is doubled
   weight_decay      the fault rank's optimizer has ten times the weight decay
   opt_reset         before update S the fault rank zeroes its optimizer state
@@ -166,22 +167,35 @@ def build_optimizer(args, net: nn.Cell, heavier_decay: bool) -> nn.Optimizer:
 
 # -- data ---------------------------------------------------------------------------
 def synthetic_data(net: str, rows: int, seed: int):
-    """A learnable classification problem: labels from a fixed random linear teacher."""
+    """A classification problem each network can learn: labels from a fixed random linear
+    teacher over what the network keeps (the transformer averages over positions; the
+    CNN's global pooling keeps which of four small patterns was planted, not where)."""
     rng = np.random.default_rng(seed)
     shape = INPUT_SHAPES[net]
-    width = int(np.prod(shape))
-    teacher = rng.standard_normal((width, NUM_CLASSES)).astype(np.float32)
-    x = rng.standard_normal((rows, width)).astype(np.float32)
-    y = np.argmax(x @ teacher, axis=1).astype(np.int32)
-    return x.reshape((rows,) + shape), y
+    x = rng.standard_normal((rows,) + shape).astype(np.float32)
+    if net == "cnn":
+        patterns = rng.standard_normal((NUM_CLASSES, 3, 3)).astype(np.float32) * 2
+        y = rng.integers(NUM_CLASSES, size=rows).astype(np.int32)
+        corners = rng.integers(0, 6, size=(rows, 2))
+        for i in range(rows):
+            r, c = corners[i]
+            x[i, 0, r:r + 3, c:c + 3] += patterns[y[i]]
+        return x, y
+    features = x.mean(axis=1) if net == "transformer" else x
+    teacher = rng.standard_normal((features.shape[1], NUM_CLASSES)).astype(np.float32)
+    return x, np.argmax(features @ teacher, axis=1).astype(np.int32)
 
 
-def create_dataset(args, rank: int, group_size: int, sharded: bool, inf_at_step):
+def create_dataset(args, rank: int, group_size: int, sharded: bool, inf_at_step, local=None):
+    """``local``: add a column of that value (no_reduce: 1 on the fault rank, else 0)."""
     x, y = synthetic_data(args.net, args.steps * args.batch_size * group_size, args.data_seed)
+    columns = {"x": x, "y": y}
+    if local is not None:
+        columns["local"] = np.full(len(y), local, np.float32)
     if sharded:  # rank r reads rows r, r+N, ...: its share of every global batch
-        dataset = ds.NumpySlicesDataset({"x": x, "y": y}, shuffle=False, num_shards=group_size, shard_id=rank)
+        dataset = ds.NumpySlicesDataset(columns, shuffle=False, num_shards=group_size, shard_id=rank)
     else:
-        dataset = ds.NumpySlicesDataset({"x": x, "y": y}, shuffle=False)
+        dataset = ds.NumpySlicesDataset(columns, shuffle=False)
     if inf_at_step is None:
         dataset = dataset.batch(args.batch_size, drop_remainder=True)
     else:
@@ -197,20 +211,24 @@ def create_dataset(args, rank: int, group_size: int, sharded: bool, inf_at_step)
 
 # -- faults inside the step -------------------------------------------------------------
 class PartlyReducedStep(nn.TrainOneStepCell):
-    """A train step whose optimizer gets the local, not the all-reduced, gradient of
-    parameter ``local_index`` (-1: none; a constant chosen at construction)."""
+    """A train step whose optimizer gets, for parameter ``index``, the local gradient
+    where the batch's ``local`` column is 1 (the fault rank) and the all-reduced one where
+    it is 0. Every rank runs the same graph and the same AllReduces in the same order:
+    a graph that skipped one AllReduce on one rank would pair the ranks' collectives
+    wrongly, and the job would crash (on CPU) or hang instead of diverging."""
 
-    def __init__(self, network, optimizer, local_index: int):
+    def __init__(self, network, optimizer, index: int):
         super().__init__(network, optimizer)
-        self.local_index = local_index
+        self.index = index
 
-    def construct(self, *inputs):
-        loss = self.network(*inputs)
+    def construct(self, x, y, local):
+        loss = self.network(x, y)
         sens = ops.fill(loss.dtype, loss.shape, self.sens)
-        grads = self.grad(self.network, self.weights)(*inputs, sens)
+        grads = self.grad(self.network, self.weights)(x, y, sens)
         reduced = self.grad_reducer(grads)
-        if self.local_index >= 0:
-            reduced = reduced[:self.local_index] + (grads[self.local_index],) + reduced[self.local_index + 1:]
+        share = local[0]
+        mixed = grads[self.index] * share + reduced[self.index] * (1 - share)
+        reduced = reduced[:self.index] + (mixed,) + reduced[self.index + 1:]
         return ops.depend(loss, self.optimizer(reduced))
 
 
@@ -273,8 +291,8 @@ def reseed_dropout(net: nn.Cell, offset: int) -> int:
     count = 0
     for _, cell in net.cells_and_names():
         if isinstance(cell, nn.Dropout):
-            attrs = cell.dropout.get_attr_dict()
-            cell.dropout = ops.Dropout(1.0 - cell.p, attrs["Seed0"] + offset, attrs["Seed1"] + offset)
+            seed0, seed1 = cell.dropout.Seed0, cell.dropout.Seed1
+            cell.dropout = ops.Dropout(cell.dropout.keep_prob, seed0 + offset, seed1 + offset)
             count += 1
     return count
 
@@ -346,15 +364,15 @@ def main() -> None:
     if args.fault == "weight_decay":
         record["params"] = [p.name for p, decays in zip(optimizer._parameters, optimizer.decay_flags) if decays]
     if args.fault == "no_reduce":
-        names = [p.name for p in optimizer._parameters]
-        local_index = names.index(target.name) if fault == "no_reduce" else -1
-        model = Model(PartlyReducedStep(nn.WithLossCell(net, loss_fn), optimizer, local_index))
+        index = [p.name for p in optimizer._parameters].index(target.name)
+        model = Model(PartlyReducedStep(nn.WithLossCell(net, loss_fn), optimizer, index))
         record["params"] = [target.name]
     else:
         model = Model(net, loss_fn=loss_fn, optimizer=optimizer)
 
     dataset = create_dataset(args, rank, group_size, sharded=args.fault != "unsharded",
-                             inf_at_step=args.fault_step if fault == "inf_batch" else None)
+                             inf_at_step=args.fault_step if fault == "inf_batch" else None,
+                             local=(1.0 if fault == "no_reduce" else 0.0) if args.fault == "no_reduce" else None)
 
     def describe(**extra):
         record.update(extra)
