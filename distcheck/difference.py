@@ -58,7 +58,9 @@ class Difference:
         if not self.exact:
             moved = ", ".join(self.moved) if self.moved else "none of min, max, mean, L2"
             guess = {"few_elements": "a few elements changed (a NaN, an Inf or an extreme one at least)",
-                     "every_element": "many elements changed"}.get(self.kind, "too small to tell from statistics")
+                     "every_element": "many elements changed"}.get(
+                         self.kind, "the change is below the statistics' resolution (a rounding-level change, "
+                                    "such as a flipped low mantissa bit; --full-steps or --fail-fast tell exactly)")
             return f"Inferred from the statistics (no whole tensors kept): {moved} moved, so {guess}."
         if self.kind == "bit_flip":
             return (f"A single flipped bit: 1 of {self.size} elements differs, in bit {self.bit} "
@@ -161,6 +163,8 @@ def infer_from_stats(mine: np.ndarray, theirs: np.ndarray, size: int, rtol: floa
             return Difference(kind, False, size=size, moved=counts + tuple(moved))
     if not moved:
         return Difference("unknown", False, size=size, moved=())
+    if {"min", "max"} <= set(moved) and size > 2:  # one changed element moves one extreme at most
+        return Difference("every_element", False, size=size, moved=tuple(moved))
     spread = max(abs(float(mine[1]) - float(theirs[0])), abs(float(theirs[1]) - float(mine[0])))
     mean_shift = abs(float(mine[2]) - float(theirs[2]))
     # One element changing by at most the spread of values moves the mean by spread / size.

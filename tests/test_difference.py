@@ -79,3 +79,14 @@ def test_an_element_turned_nan_or_inf_is_a_few_elements_from_the_counts():
         other[17] = bad
         found = infer_from_stats(stats(other), stats(clean), clean.size)
         assert found.kind == "few_elements" and found.moved[0] in ("NaN count", "Inf count")
+
+
+def test_every_statistic_moving_a_little_is_every_element_not_a_few():
+    clean = np.random.default_rng(5).normal(0, 1, 512).astype(np.float32)
+    moved = clean * np.float32(1.01) + np.float32(1e-3)
+    found = infer_from_stats(stats(moved), stats(clean), clean.size)
+    assert found.kind == "every_element" and {"min", "max", "mean", "l2"} <= set(found.moved)
+    tiny = clean.copy()
+    tiny.view(np.uint32)[7] ^= np.uint32(1)  # the lowest mantissa bit: no statistic moves
+    found = infer_from_stats(stats(tiny), stats(clean), clean.size)
+    assert found.kind == "unknown" and "below the statistics' resolution" in found.describe()
