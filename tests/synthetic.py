@@ -28,6 +28,7 @@ EXPECTED = {
     "lr": ("param_divergence", 1, [2], ["dense1.weight", "dense1.bias", "dense2.weight"]),
     "nudge": ("param_divergence", 5, [2], ["dense2.weight"]),
     "nan": ("loss_nonfinite", 4, [2], []),
+    "infbatch": ("input_nonfinite", 3, [2], []),
     "bn": ("buffer_divergence", 1, [0, 1, 2], ["bn.moving_mean"]),
     "unsharded": ("data_not_sharded", 1, [0, 1, 2], []),
     "stop": ("rank_stopped", 6, [2], []),
@@ -74,6 +75,8 @@ def _train(world, path, bug, bug_rank, steps, every, full_steps, parallel_mode):
     streams = [np.random.default_rng(100 + (0 if bug == "unsharded" else r)) for r in range(world.size)]
     for step in range(1, steps + 1):
         batches = [s.standard_normal((4, 4)).astype(np.float32) for s in streams]
+        if bug == "infbatch" and step == 3:
+            batches[bug_rank][1, 2] = np.inf
         local = [_grads(b) for b in batches]
         if bug == "standalone":
             grads = local[me]

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from distcheck.analysis.causes import LINK_WINDOW, link_causes
-from distcheck.analysis.data import data_not_sharded, loss_nonfinite
+from distcheck.analysis.data import data_not_sharded, input_nonfinite, loss_nonfinite
 from distcheck.analysis.divergence import describe, episode_findings, merge_episodes, scan_group
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
@@ -111,6 +111,7 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
     for peers in data_parallel_peers(run, found):
         findings.extend(data_not_sharded(run, peers))
     findings.extend(loss_nonfinite(run))
+    findings.extend(input_nonfinite(run))
     return findings
 
 

@@ -18,9 +18,9 @@ LINK_WINDOW = 100
 
 # symptom code -> causes that can explain it, most specific first
 LINKS: dict[str, tuple[str, ...]] = {
-    "loss_nonfinite": ("init_poor", "loss_diverging", "update_ratio_large"),
+    "loss_nonfinite": ("input_nonfinite", "init_poor", "loss_diverging", "update_ratio_large"),
     "loss_diverging": ("init_poor", "update_ratio_large", "loss_nonfinite", "data_not_shuffled"),
-    "grad_exploding": ("init_poor", "loss_nonfinite", "loss_diverging", "update_ratio_large"),
+    "grad_exploding": ("input_nonfinite", "init_poor", "loss_nonfinite", "loss_diverging", "update_ratio_large"),
     "update_ratio_large": ("init_poor", "init_all_zero", "input_not_normalized"),
     "loss_not_decreasing": ("weights_not_updated", "loss_diverging", "loss_nonfinite", "update_ratio_large",
                             "data_not_shuffled"),

@@ -37,6 +37,30 @@ def loss_nonfinite(run: Run) -> list[Finding]:
     return [Finding("loss_nonfinite", Severity.ERROR, "loss", first_step, tuple(origin), (), message)]
 
 
+def input_nonfinite(run: Run) -> list[Finding]:
+    """The first step at which any rank's input batch held NaN or Inf, and those ranks."""
+    first_step, origin, counts = None, [], {}
+    for rank, reader in sorted(run.readers.items()):
+        bad_counts = reader.input_counts()[:, :2].sum(axis=1)
+        bad = np.flatnonzero(((reader.has() & schema.HAS_BATCH) != 0) & (bad_counts > 0))
+        if not len(bad):
+            continue
+        step = int(reader.steps[bad[0]])
+        counts[rank] = int(bad_counts[bad[0]])
+        if first_step is None or step < first_step:
+            first_step, origin = step, [rank]
+        elif step == first_step:
+            origin.append(rank)
+    if first_step is None:
+        return []
+    held = ", ".join(f"rank {r}: {counts[r]}" for r in origin)
+    message = (f"The input batch held NaN or Inf values at step {first_step} on rank(s) "
+               f"{', '.join(map(str, origin))} ({held} value(s)), the first non-finite input of the run. "
+               "Non-finite losses, gradients and weights that follow on every rank come from it: find that "
+               "sample in that rank's data and clean or filter it.")
+    return [Finding("input_nonfinite", Severity.ERROR, "data", first_step, tuple(origin), (), message)]
+
+
 def data_not_sharded(run: Run, members: list[int]) -> list[Finding]:
     """Replicas that received identical batches at the same step."""
     batches = {}

@@ -33,7 +33,7 @@ from distcheck.vote import outlier_mask
 MAX_POINTS = 2000
 MAX_RANKS = 16
 _CROSS_RANK = ("init_mismatch", "grad_divergence", "param_divergence", "buffer_divergence", "data_not_sharded",
-               "loss_nonfinite", "structure_mismatch")
+               "loss_nonfinite", "input_nonfinite", "structure_mismatch")
 
 
 def render_html(analysis: Analysis) -> str:

@@ -25,6 +25,23 @@ document("loss_nonfinite", Severity.ERROR, "loss", "the loss is NaN or Inf: the 
     """)
 
 
+document("input_nonfinite", Severity.ERROR, "data", "a batch held NaN or Inf: the first step and the rank(s)", """
+    Phenomenon: the input batch (its first floating tensor) held NaN or +/-Inf values.
+    Reported once, at the first step where any rank's batch did, naming only those ranks:
+    the non-finite loss, gradients and weights that follow on every rank (through the
+    gradient all-reduce) are its symptoms. On CPU a NaN input can be masked by a ReLU, so
+    the loss may stay finite while the gradients do not.
+
+    Likely causes: a corrupt sample or file in that rank's shard, a division by zero in
+    preprocessing (normalising by a zero standard deviation), an overflow in a cast.
+
+    Threshold: none; any non-finite input value (counted exactly, ``steps/input_counts``).
+
+    Fix: find the sample (that rank, that step) and clean or filter it; guard the
+    preprocessing.
+    """)
+
+
 def _training_loss(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
     ok = rank.loss_mask & (rank.steps > 0)
     return rank.steps[ok], rank.loss[ok]

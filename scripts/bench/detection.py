@@ -85,9 +85,9 @@ EXPECTED: dict[str, Expected] = {
     "nudge": Expected(("param_divergence",)),  # three elements written: "a few" is right, not judged
     "dropout_rng": Expected(quiet=True, nets=("transformer",)),
     "unsharded": Expected(("data_not_sharded",), step=1, rank="all", params=False),
-    # Where ReLU masks the NaN (the CNN), the loss stays finite: only the gradients turn
-    # non-finite, on every rank after the AllReduce (found, but not placed on the rank).
-    "inf_batch": Expected(("loss_nonfinite", "grad_exploding"), params=False),
+    # The batch's exact Inf count names the rank (input_nonfinite), also where ReLU masks
+    # the NaN (the CNN) and only the gradients turn non-finite, on every rank.
+    "inf_batch": Expected(("input_nonfinite", "loss_nonfinite", "grad_exploding"), params=False),
     "frozen": Expected(("init_mismatch",), step=0, kind="software"),
     "bn_unsynced": Expected(("buffer_divergence",), step=1, rank=None, params=False, nets=("cnn",)),
     "kill": Expected(("rank_stopped",), params=False, env=(("MS_NODE_TIMEOUT", "5"),)),
