@@ -20,8 +20,9 @@ The analysis splits its heaviest work, the votes over every recorded step, by pa
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any, Callable, Optional, Protocol, Sequence
+
+from distcheck.store.errors import DumpError
 
 
 class Pool(Protocol):
@@ -75,27 +76,30 @@ class MpiPool:
         parts = self.comm.allgather((mine, _portable(failure)))
         failures = sorted((f for _, f in parts if f is not None), key=lambda f: f[0])
         if failures:
-            first, exc = failures[0]
+            first, fields = failures[0]
             if failure is not None and failure[0] == first:
                 raise failure[1]  # this process's own, with its traceback
-            raise exc
+            raise _rebuilt(fields)
         merged: dict[int, Any] = {}
         for part, _ in parts:
             merged.update(part)
         return [merged[i] for i in range(len(tasks))]
 
 
-def _portable(failure: Optional[tuple[int, Exception]]) -> Optional[tuple[int, Exception]]:
-    """``failure`` as it can travel to the other MPI processes: an exception that does
-    not pickle becomes a RuntimeError that says what it was."""
+def _portable(failure: Optional[tuple[int, Exception]]) -> Optional[tuple[int, tuple[str, ...]]]:
+    """``failure`` as plain strings, to travel to the other MPI processes: a damaged dump
+    as its path, problem and hint, anything else as a message."""
     if failure is None:
         return None
     index, exc = failure
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        exc = RuntimeError(f"analysis task {index} failed: {type(exc).__name__}: {exc}")
-    return index, exc
+    if isinstance(exc, DumpError):
+        return index, (exc.path, exc.problem, exc.hint)
+    return index, (f"analysis task {index} failed: {type(exc).__name__}: {exc}",)
+
+
+def _rebuilt(fields: tuple[str, ...]) -> Exception:
+    """The exception :func:`_portable` described."""
+    return DumpError(*fields) if len(fields) == 3 else RuntimeError(fields[0])
 
 
 def chunks(items: Sequence[Any], parts: int) -> list[list[Any]]:
