@@ -1,6 +1,8 @@
 """Per-step scalars across ranks: the loss, and the input batches."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from distcheck.analysis.run import Run
@@ -8,21 +10,29 @@ from distcheck.findings import Finding, Severity
 from distcheck.store import schema
 
 
-def loss_nonfinite(run: Run) -> list[Finding]:
-    """The first step at which any rank's loss is NaN or Inf, and the ranks it was born on."""
-    first_step, origin = None, []
-    values = {}
+def _first_bad(run: Run, bad_rows) -> tuple[Optional[int], list[int], dict[int, float]]:
+    """The first step at which ``bad_rows(reader)`` (a boolean row mask and a value per
+    row) marks a row of any rank, the ranks it marks there, and each marked rank's value
+    at its own first marked row."""
+    first_step, origin, values = None, [], {}
     for rank, reader in sorted(run.readers.items()):
-        loss, has = reader.loss(), reader.has()
-        bad = np.flatnonzero(((has & schema.HAS_LOSS) != 0) & ~np.isfinite(loss))
+        mask, value = bad_rows(reader)
+        bad = np.flatnonzero(mask)
         if not len(bad):
             continue
         step = int(reader.steps[bad[0]])
-        values[rank] = float(loss[bad[0]])
+        values[rank] = float(value[bad[0]])
         if first_step is None or step < first_step:
             first_step, origin = step, [rank]
         elif step == first_step:
             origin.append(rank)
+    return first_step, origin, values
+
+
+def loss_nonfinite(run: Run) -> list[Finding]:
+    """The first step at which any rank's loss is NaN or Inf, and the ranks it was born on."""
+    first_step, origin, values = _first_bad(
+        run, lambda r: (((r.has() & schema.HAS_LOSS) != 0) & ~np.isfinite(r.loss()), r.loss()))
     if first_step is None:
         return []
     spread = sorted(r for r in values if r not in origin)
@@ -39,21 +49,14 @@ def loss_nonfinite(run: Run) -> list[Finding]:
 
 def input_nonfinite(run: Run) -> list[Finding]:
     """The first step at which any rank's input batch held NaN or Inf, and those ranks."""
-    first_step, origin, counts = None, [], {}
-    for rank, reader in sorted(run.readers.items()):
-        bad_counts = reader.input_counts()[:, :2].sum(axis=1)
-        bad = np.flatnonzero(((reader.has() & schema.HAS_BATCH) != 0) & (bad_counts > 0))
-        if not len(bad):
-            continue
-        step = int(reader.steps[bad[0]])
-        counts[rank] = int(bad_counts[bad[0]])
-        if first_step is None or step < first_step:
-            first_step, origin = step, [rank]
-        elif step == first_step:
-            origin.append(rank)
+    def bad_inputs(reader):
+        counts = reader.input_counts()[:, :2].sum(axis=1)
+        return ((reader.has() & schema.HAS_BATCH) != 0) & (counts > 0), counts
+
+    first_step, origin, counts = _first_bad(run, bad_inputs)
     if first_step is None:
         return []
-    held = ", ".join(f"rank {r}: {counts[r]}" for r in origin)
+    held = ", ".join(f"rank {r}: {int(counts[r])}" for r in origin)
     message = (f"The input batch held NaN or Inf values at step {first_step} on rank(s) "
                f"{', '.join(map(str, origin))} ({held} value(s)), the first non-finite input of the run. "
                "Non-finite losses, gradients and weights that follow on every rank come from it: find that "
