@@ -57,6 +57,8 @@ def test_nonfinite_loss_names_the_rank_it_was_born_on(tmp_path):
     result = launch(str(tmp_path), "train_mlp.py", "--bug", "nan", "--bug-step", "4")
     f = only(result, "loss_nonfinite")
     assert (f["step"], f["ranks"]) == (4, [2])
+    cause = only(result, "input_nonfinite")  # the Inf in rank 2's batch is the root
+    assert (cause["step"], cause["ranks"]) == (4, [2]) and f["caused_by"] == "input_nonfinite@4"
 
 
 def test_batchnorm_without_sync_is_a_warning_only(tmp_path):
