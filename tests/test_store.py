@@ -9,6 +9,7 @@ import pytest
 
 from distcheck.digest import digest
 from distcheck.recording import ParamInfo, ProbeOptions, Recorder
+from distcheck.store import schema
 from distcheck.store.reader import DumpError, DumpReader
 from distcheck.world import SingleWorld
 
@@ -157,13 +158,17 @@ def test_one_child_validates_every_file_and_a_hang_or_crash_costs_only_that_file
     assert time.monotonic() - start < 5
 
 
+_SERIES = (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST, schema.TIME)
+
+
 def _reader_state(reader):
+    series = {path: reader.series(path) for path in _SERIES}
     return (reader.rank, reader.params, reader.steps.tolist(), reader.status, reader.attr("hostname"),
             reader.attr("pid"), reader.last_heartbeat(), reader.stacks(), reader.last_alive(),
-            {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in sorted(reader._series.items())})
+            {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in series.items()})
 
 
-def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learns(tmp_path, monkeypatch):
+def test_workers_keep_shares_of_the_files_and_hand_over_an_index_of_what_one_process_learns(tmp_path, monkeypatch):
     import os
     import time
 
@@ -177,9 +182,12 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
     alone = load_run([str(tmp_path)])
     expected = {r: _reader_state(reader) for r, reader in alone.readers.items()}
     alone.close()
-    shared = load_run([str(tmp_path)], pool=ProcessPool(2))
+    pool = ProcessPool(2)
+    shared = load_run([str(tmp_path)], pool=pool)
+    assert not shared.readers._series  # the series stay in the workers; a reader here reads them from its file
     assert {r: _reader_state(reader) for r, reader in shared.readers.items()} == expected
     shared.close()
+    pool.close()
 
     validate = reader_module.DumpReader._validate
 
@@ -192,11 +200,13 @@ def test_workers_screen_shares_of_the_files_and_hand_over_what_one_process_learn
 
     monkeypatch.setattr(reader_module.DumpReader, "_validate", damaged)
     monkeypatch.setattr(screening_module, "OPEN_TIMEOUT", 0.5)
-    run = load_run([str(tmp_path)], pool=ProcessPool(2))
+    pool = ProcessPool(2)
+    run = load_run([str(tmp_path)], pool=pool)
     assert run.ranks == [0, 3, 4]
     problems = {e.rank: e.message.split(": ", 1)[1].split(" (")[0] for e in run.errors}
     assert problems == {1: "opening the file did not finish in 0.5 s", 2: "opening the file crashed the reader"}
     run.close()
+    pool.close()
 
 
 def test_a_bounded_number_of_files_stay_open_and_reopen_on_demand(tmp_path, monkeypatch):

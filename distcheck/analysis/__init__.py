@@ -8,20 +8,20 @@ import numpy as np
 
 from distcheck.analysis.causes import LINK_WINDOW, link_causes
 from distcheck.analysis.data import data_not_sharded, input_nonfinite, loss_nonfinite
-from distcheck.analysis.divergence import describe, episode_findings, merge_episodes, scan_group
+from distcheck.analysis.divergence import (describe, episode_findings, group_steps, merge_classes, scan_group,
+                                          share_classes)
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
-from distcheck.analysis.pools import Pool, SerialPool, chunks
-from distcheck.analysis.workers import shared_run, sharing
+from distcheck.analysis.pools import Pool, SerialPool
 from distcheck.analysis.structure import (ReplicaConfigError, common_structure, comparisons, data_parallel_peers,
                                          weight_mask)
 from distcheck.findings import Finding, Note, sort_findings
 from distcheck.replicas import Declaration
 from distcheck.store.reader import DumpError
-from distcheck.store.schema import ParamInfo, Status
+from distcheck.store.schema import Status
 
 
-Check = Callable[[Run, dict, Pool], list[Finding | Note]]
+Check = Callable[[Run, dict], list[Finding | Note]]
 
 
 @dataclass
@@ -35,48 +35,32 @@ class Analysis:
 def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (), pool: Optional[Pool] = None
             ) -> Analysis:
     """Load the run in ``dirs`` and judge it: the cross-rank consistency analysis, then
-    ``checks`` (each ``check(run, config, pool) -> findings``), then root causes are
-    linked. ``pool`` spreads the work over workers (default: none)."""
+    ``checks`` (each ``check(run, config) -> findings``), then root causes are linked.
+    ``pool`` spreads the work over workers (default: none), each holding a share of the
+    ranks (see :mod:`distcheck.analysis.run`)."""
     pool = pool or SerialPool()
     run = load_run(dirs, pool=pool)
     try:
         while True:
             try:
-                results: list[Finding | Note] = list(consistency(run, config, pool))
+                results: list[Finding | Note] = list(consistency(run, config))
                 for check in checks:
-                    results.extend(check(run, config, pool))
+                    results.extend(check(run, config))
+                calls = training_calls(run)
                 break
             except DumpError as exc:  # damage found while reading: judge again without that rank
                 run.drop(exc)
         findings = [f for f in results if isinstance(f, Finding)]
         notes = [n for n in results if isinstance(n, Note)]
-        trainable = {p.name for r in run.readers.values() for p in r.params if p.trainable}
+        trainable = {p.name for params, _ in run.readers.distinct("params") for p in params if p.trainable}
         window = LINK_WINDOW * int(run.meta("every", 1) or 1)
-        findings = by_training_call(link_causes(findings, trainable, window), training_calls(run))
-        return Analysis(summary(run), sort_findings(findings), list(run.errors), notes)
+        findings = by_training_call(link_causes(findings, trainable, window), calls)
+        return Analysis(summary(run, calls), sort_findings(findings), list(run.errors), notes)
     finally:
         run.close()
 
 
-@dataclass(frozen=True)
-class _Scan:
-    """One worker's share of a comparison: these members, these columns."""
-
-    dirs: list[str]
-    members: list[int]
-    params: list[ParamInfo]
-    cols: dict[int, np.ndarray]
-    weights: np.ndarray
-    offset: int
-
-
-def _scan(task: _Scan) -> tuple[int, list]:
-    run = shared_run(task.dirs)
-    return task.offset, scan_group(run, task.members, task.params, task.cols, task.weights)
-
-
-def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -> list[Finding | Note]:
-    pool = pool or SerialPool()
+def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
     findings: list[Finding | Note] = list(check_ranks(run))
     if not run.readers:
         return findings
@@ -84,7 +68,7 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
     findings.extend(notes)
     findings.extend(gradients_not_recorded(run))
     limit = int(config.get("max_findings_per_code", 5))
-    jobs, tasks = [], []
+    groups = []
     for comparison in found:
         present = [r for r in comparison.group if r in run.readers]
         if len(present) < 2:
@@ -93,23 +77,18 @@ def consistency(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -
         findings.extend(mismatch)
         if len(members) < 2 or not params:
             continue
-        weights = weight_mask(run, members, params, cols)
-        first = len(tasks)
-        for part in chunks(list(range(len(params))), pool.size):
-            lo, hi = part[0], part[-1] + 1
-            parts: dict[int, np.ndarray] = {}  # ranks sharing a column array share its part too
-            tasks.append(_Scan(run.dirs, members, params[lo:hi],
-                               {r: parts.setdefault(id(c), c[lo:hi]) for r, c in cols.items()}, weights[lo:hi], lo))
-        jobs.append((comparison, members, params, cols, first, len(tasks)))
-    with sharing(run):
-        scanned = pool.map(_scan, tasks)
-    for comparison, members, params, cols, first, last in jobs:
-        episodes = describe(run, members, params, cols, merge_episodes(scanned[first:last]))
+        groups.append((comparison, members, params, cols, weight_mask(run, members, params, cols),
+                       group_steps(run, members)))
+    # Every group's classes in one pass over the shares.
+    parts = run.on_shards(share_classes, [(members, cols, steps) for _, members, _, cols, _, steps in groups])
+    for g, (comparison, members, params, cols, weights, steps) in enumerate(groups):
+        classes = merge_classes(steps, len(members), [part[g] for part in parts])
+        episodes = describe(run, members, params, cols, scan_group(run, members, params, cols, weights, classes))
         group = {"replica_group": list(comparison.group)}
         findings.extend(replace(f, detail={**f.detail, **group}) for f in episode_findings(
             episodes, params, comparison.label, len(comparison.group), run.meta("parallel_mode"), limit))
-    for peers in data_parallel_peers(run, found):
-        findings.extend(data_not_sharded(run, peers))
+    del parts
+    findings.extend(data_not_sharded(run, data_parallel_peers(run, found)))
     findings.extend(loss_nonfinite(run))
     findings.extend(input_nonfinite(run))
     return findings
@@ -130,16 +109,25 @@ def gradients_not_recorded(run: Run) -> list[Note]:
 
 def training_calls(run: Run) -> list[tuple[int, int]]:
     """(first, last) run step of each training call (segment) recorded, in order."""
-    spans: dict[int, list[int]] = {}
-    for reader in run.readers.values():
+    spans: dict[int, tuple[int, int]] = {}
+    for part in run.on_shards(_calls_in_share):
+        for seg, (lo, hi) in part.items():
+            old = spans.get(seg, (lo, hi))
+            spans[seg] = (min(old[0], lo), max(old[1], hi))
+    return [spans[s] for s in sorted(spans)]
+
+
+def _calls_in_share(share: Run, _) -> dict[int, tuple[int, int]]:
+    spans: dict[int, tuple[int, int]] = {}
+    for reader in share.readers.values():
         if not reader.n_steps:
             continue
         segments, steps = reader.segments(), reader.steps
         for seg in np.unique(segments):
             inside = steps[segments == seg]
             lo, hi = spans.get(int(seg), (int(inside[0]), int(inside[-1])))
-            spans[int(seg)] = [min(lo, int(inside[0])), max(hi, int(inside[-1]))]
-    return [tuple(spans[s]) for s in sorted(spans)]
+            spans[int(seg)] = (min(lo, int(inside[0])), max(hi, int(inside[-1])))
+    return spans
 
 
 def by_training_call(findings: list[Finding], calls: list[tuple[int, int]]) -> list[Finding]:
@@ -157,7 +145,7 @@ def by_training_call(findings: list[Finding], calls: list[tuple[int, int]]) -> l
     return out
 
 
-def summary(run: Run) -> dict[str, Any]:
+def summary(run: Run, calls: list[tuple[int, int]]) -> dict[str, Any]:
     ranks = {}
     table = run.readers  # read from its columns: no reader is built per rank
     for rank in sorted(table):
@@ -179,6 +167,6 @@ def summary(run: Run) -> dict[str, Any]:
         "framework_version": run.meta("framework_version"),
         "every": run.meta("every"),
         "sink_size": run.meta("sink_size"),
-        "training_calls": [{"first_step": a, "last_step": b} for a, b in training_calls(run)],
+        "training_calls": [{"first_step": a, "last_step": b} for a, b in calls],
         "ranks": ranks,
     }

@@ -10,29 +10,47 @@ from distcheck.findings import Finding, Severity
 from distcheck.store import schema
 
 
-def _first_bad(run: Run, bad_rows) -> tuple[Optional[int], list[int], dict[int, float]]:
-    """The first step at which ``bad_rows(reader)`` (a boolean row mask and a value per
-    row) marks a row of any rank, the ranks it marks there, and each marked rank's value
-    at its own first marked row."""
-    first_step, origin, values = None, [], {}
-    for rank, reader in sorted(run.readers.items()):
+def _first_bad(run: Run, series: str) -> tuple[Optional[int], list[int], dict[int, float]]:
+    """The first step at which a row of ``series`` (see :data:`_BAD_ROWS`) is bad on any
+    rank, the ranks bad there, and each bad rank's value at its own first bad row."""
+    firsts: dict[int, tuple[int, float]] = {}
+    for part in run.on_shards(_first_bad_in_share, series):
+        firsts.update(part)
+    if not firsts:
+        return None, [], {}
+    first_step = min(step for step, _ in firsts.values())
+    origin = sorted(r for r, (step, _) in firsts.items() if step == first_step)
+    return first_step, origin, {r: value for r, (_, value) in sorted(firsts.items())}
+
+
+def _first_bad_in_share(share: Run, series: str) -> dict[int, tuple[int, float]]:
+    """rank -> (its first bad step, its value there), for the share's ranks with one."""
+    bad_rows = _BAD_ROWS[series]
+    out = {}
+    for rank, reader in share.readers.items():
         mask, value = bad_rows(reader)
         bad = np.flatnonzero(mask)
-        if not len(bad):
-            continue
-        step = int(reader.steps[bad[0]])
-        values[rank] = float(value[bad[0]])
-        if first_step is None or step < first_step:
-            first_step, origin = step, [rank]
-        elif step == first_step:
-            origin.append(rank)
-    return first_step, origin, values
+        if len(bad):
+            out[rank] = (int(reader.steps[bad[0]]), float(value[bad[0]]))
+    return out
+
+
+def _bad_losses(reader) -> tuple[np.ndarray, np.ndarray]:
+    return ((reader.has() & schema.HAS_LOSS) != 0) & ~np.isfinite(reader.loss()), reader.loss()
+
+
+def _bad_inputs(reader) -> tuple[np.ndarray, np.ndarray]:
+    counts = reader.input_counts()[:, :2].sum(axis=1)
+    return ((reader.has() & schema.HAS_BATCH) != 0) & (counts > 0), counts
+
+
+#: Per series, a rank's bad rows (a boolean row mask) and a value per row.
+_BAD_ROWS = {"loss": _bad_losses, "inputs": _bad_inputs}
 
 
 def loss_nonfinite(run: Run) -> list[Finding]:
     """The first step at which any rank's loss is NaN or Inf, and the ranks it was born on."""
-    first_step, origin, values = _first_bad(
-        run, lambda r: (((r.has() & schema.HAS_LOSS) != 0) & ~np.isfinite(r.loss()), r.loss()))
+    first_step, origin, values = _first_bad(run, "loss")
     if first_step is None:
         return []
     spread = sorted(r for r in values if r not in origin)
@@ -49,11 +67,7 @@ def loss_nonfinite(run: Run) -> list[Finding]:
 
 def input_nonfinite(run: Run) -> list[Finding]:
     """The first step at which any rank's input batch held NaN or Inf, and those ranks."""
-    def bad_inputs(reader):
-        counts = reader.input_counts()[:, :2].sum(axis=1)
-        return ((reader.has() & schema.HAS_BATCH) != 0) & (counts > 0), counts
-
-    first_step, origin, counts = _first_bad(run, bad_inputs)
+    first_step, origin, counts = _first_bad(run, "inputs")
     if first_step is None:
         return []
     held = ", ".join(f"rank {r}: {int(counts[r])}" for r in origin)
@@ -64,31 +78,49 @@ def input_nonfinite(run: Run) -> list[Finding]:
     return [Finding("input_nonfinite", Severity.ERROR, "data", first_step, tuple(origin), (), message)]
 
 
-def data_not_sharded(run: Run, members: list[int]) -> list[Finding]:
-    """Replicas that received identical batches at the same step."""
-    batches = {}
-    for rank in members:
-        reader = run.readers[rank]
-        ok = (reader.has() & schema.HAS_BATCH) != 0
-        digests = reader.batch_digests()
-        batches[rank] = {int(s): (int(d[0]), int(d[1])) for s, d, k in zip(reader.steps, digests, ok) if k}
-    common = sorted(set.intersection(*(set(b) for b in batches.values()))) if batches else []
-    common = [s for s in common if s > 0]  # step 0 is before training: no batch
-    first, ranks, same_steps = None, set(), 0
-    for step in common:
-        seen: dict = {}
+def data_not_sharded(run: Run, groups: list[list[int]]) -> list[Finding]:
+    """Replicas (each of ``groups`` is a set of ranks that replicate each other) that
+    received identical batches at the same step. Each share sends its ranks' batch
+    digests (32 bytes a rank a step); they are compared here, a step at a time."""
+    parts = run.on_shards(_batches_in_share, groups)
+    findings = []
+    for g, members in enumerate(groups):
+        ranks, steps, digests = (np.concatenate([part[g][i] for part in parts]) for i in range(3))
+        recorded, times = np.unique(steps, return_counts=True)
+        common = recorded[(times == len(members)) & (recorded > 0)]  # step 0 is before training: no batch
+        keep = np.isin(steps, common)
+        ranks, steps, digests = ranks[keep], steps[keep], digests[keep]
+        order = np.lexsort((digests[:, 1], digests[:, 0], steps))
+        ranks, steps, digests = ranks[order], steps[order], digests[order]
+        same = (steps[1:] == steps[:-1]) & np.all(digests[1:] == digests[:-1], axis=1)
+        duplicate = np.zeros(len(steps), bool)
+        duplicate[1:] |= same
+        duplicate[:-1] |= same
+        dup_steps = np.unique(steps[duplicate])
+        if not len(dup_steps):
+            continue
+        first = int(dup_steps[0])
+        culprits = sorted(int(r) for r in ranks[duplicate & (steps == first)])
+        message = (f"Rank(s) {', '.join(map(str, culprits))} received identical input batches at step "
+                   f"{first} ({len(dup_steps)} of {len(common)} compared steps had duplicates). Data-parallel "
+                   "replicas should each read their own shard: pass num_shards=get_group_size() and "
+                   "shard_id=get_rank() to the dataset, or use a DistributedSampler.")
+        findings.append(Finding("data_not_sharded", Severity.WARNING, "data", first, tuple(culprits), (), message))
+    return findings
+
+
+def _batches_in_share(share: Run, groups: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each group, (rank, step, batch digest) of every batch its ranks in this share recorded."""
+    out = []
+    for members in groups:
+        ranks, steps, digests = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 2), np.uint64)]
         for rank in members:
-            seen.setdefault(batches[rank][step], []).append(rank)
-        dup = [rs for rs in seen.values() if len(rs) > 1]
-        if dup:
-            same_steps += 1
-            if first is None:
-                first = step
-                ranks = {r for rs in dup for r in rs}
-    if first is None:
-        return []
-    message = (f"Rank(s) {', '.join(map(str, sorted(ranks)))} received identical input batches at step "
-               f"{first} ({same_steps} of {len(common)} compared steps had duplicates). Data-parallel "
-               "replicas should each read their own shard: pass num_shards=get_group_size() and "
-               "shard_id=get_rank() to the dataset, or use a DistributedSampler.")
-    return [Finding("data_not_sharded", Severity.WARNING, "data", first, tuple(sorted(ranks)), (), message)]
+            if rank not in share.readers:
+                continue
+            reader = share.readers[rank]
+            ok = (reader.has() & schema.HAS_BATCH) != 0
+            ranks.append(np.full(int(ok.sum()), rank, np.int64))
+            steps.append(reader.steps[ok].astype(np.int64))
+            digests.append(reader.batch_digests()[ok].astype(np.uint64))
+        out.append((np.concatenate(ranks), np.concatenate(steps), np.concatenate(digests)))
+    return out

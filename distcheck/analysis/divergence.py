@@ -6,8 +6,10 @@ post-reduce gradients. A *divergence episode* starts where a (rank, parameter) p
 becomes an outlier that was not one at the previous recorded step; one finding is
 made per episode, so a seed mismatch that persists for 10,000 steps is one finding.
 
-Speed: each step's digests are rolled up into one digest per kind when written.
-Blocks of steps whose rollups agree on every rank are never read.
+Speed: each step's digests are rolled up into one digest per kind when written. The
+shares of the run (see :mod:`distcheck.analysis.run`) sort their ranks into classes of
+equal rollups per block of steps; blocks where every rank is of one class are never
+read, and a block of a few classes reads one rank of each.
 """
 from __future__ import annotations
 
@@ -63,18 +65,105 @@ class _Tracker:
         return episode
 
 
+@dataclass
+class BlockClasses:
+    """The members of a replica group sorted into classes over one block of steps, for
+    one kind: members whose rollups, presence and columns are equal over the block hold
+    equal digests there, so a vote reads one member of each class."""
+
+    of: np.ndarray  # (R,) the class of each member
+    rollups: np.ndarray  # (C, t, 2) each class's rollup digests
+    present: np.ndarray  # (C, t) where each class recorded the kind
+    first: np.ndarray  # (C,) a member (its index) of each class
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.of, minlength=len(self.first))
+
+
+@dataclass
+class Classes:
+    """:class:`BlockClasses` of every block of a group's steps, by (block, kind)."""
+
+    steps: np.ndarray  # every step any member recorded, in order
+    blocks: dict[tuple[int, str], BlockClasses]
+
+
+def share_classes(share: Run, tasks: list[tuple]) -> list[dict]:
+    """For each group of ``tasks``, ``(members, cols, steps)``, this share's members sorted
+    into classes per block and kind: ``(block, kind) -> (member indices, their class,
+    each class's key, rollups, presence and first member)``. Runs where the share is."""
+    out = []
+    for members, cols, steps in tasks:
+        mine = [(i, m) for i, m in enumerate(members) if m in share.readers]
+        part: dict[tuple[int, str], tuple] = {}
+        if mine:
+            readers = [share.readers[m] for _, m in mine]
+            rows = [rows_for(r.steps, steps) for r in readers]
+            has = np.stack([take(r.has(), idx, 0) for r, idx in zip(readers, rows)])  # (R', T)
+            flags = {"param": schema.HAS_PARAMS, "grad": schema.HAS_GRADS}
+            for kind in schema.KINDS:
+                present = has & flags[kind] != 0
+                rollups = np.stack([take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)])  # (R', T, 2)
+                for start in range(0, len(steps), BLOCK):
+                    stop = min(start + BLOCK, len(steps))
+                    keys: dict[bytes, int] = {}
+                    of = np.empty(len(mine), np.int32)
+                    first: list[int] = []
+                    for j, (i, m) in enumerate(mine):
+                        key = rollups[j, start:stop].tobytes() + present[j, start:stop].tobytes() + cols[m].tobytes()
+                        c = of[j] = keys.setdefault(key, len(first))
+                        if c == len(first):
+                            first.append(j)
+                    part[(start // BLOCK, kind)] = (
+                        np.array([i for i, _ in mine], np.int64), of, list(keys),
+                        rollups[first, start:stop], present[first, start:stop],
+                        np.array([mine[j][0] for j in first], np.int64))
+        out.append(part)
+    return out
+
+
+def merge_classes(steps: np.ndarray, n_members: int, parts: list[dict]) -> Classes:
+    """The classes of a group from every share's (see :func:`share_classes`): classes of
+    equal keys are one class."""
+    blocks: dict[tuple[int, str], BlockClasses] = {}
+    for b in range((len(steps) + BLOCK - 1) // BLOCK):
+        for kind in schema.KINDS:
+            index: dict[bytes, int] = {}
+            of = np.full(n_members, -1, np.int32)
+            rollups, present, first = [], [], []
+            for part in parts:
+                if (b, kind) not in part:
+                    continue
+                positions, local, keys, rolls, pres, firsts = part[(b, kind)]
+                to_global = np.empty(len(keys), np.int32)
+                for c, key in enumerate(keys):
+                    g = to_global[c] = index.setdefault(key, len(first))
+                    if g == len(first):
+                        rollups.append(rolls[c])
+                        present.append(pres[c])
+                        first.append(int(firsts[c]))
+                of[positions] = to_global[local]
+            blocks[(b, kind)] = BlockClasses(of, np.stack(rollups), np.stack(present), np.array(first, np.int64))
+    return Classes(steps, blocks)
+
+
 def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Optional[dict[int, np.ndarray]] = None,
-               weights: Optional[np.ndarray] = None) -> list[Episode]:
+               weights: Optional[np.ndarray] = None, classes: Optional[Classes] = None) -> list[Episode]:
     """Vote on every recorded step of one replica group; return the episodes in order.
 
     ``params`` are the parameters compared, at column ``cols[rank]`` of each member's
     dump (default: every column, in order). ``weights`` marks those compared as weights
     (default: the trainable ones); the others are buffers, whose differences are only a
-    warning."""
+    warning. ``classes`` are the members' classes (default: sorted here, on the run's
+    shares)."""
     if cols is None:
         cols = {r: np.arange(len(params)) for r in members}
-    readers = [run.readers[r] for r in members]
-    steps = np.unique(np.concatenate([r.steps for r in readers])) if readers else np.zeros(0, np.int64)
+    if classes is None:
+        steps = group_steps(run, members)
+        parts = run.on_shards(share_classes, [(members, cols, steps)])
+        classes = merge_classes(steps, len(members), [p[0] for p in parts])
+    steps = classes.steps
     trainable = np.array([p.trainable for p in params], bool) if weights is None else weights
     with_grad = np.array([p.has_grad for p in params], bool)
     trackers = {
@@ -82,41 +171,34 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
         "buffer": _Tracker("buffer", np.flatnonzero(~trainable), members),
         "grad": _Tracker("grad", np.flatnonzero(with_grad), members),
     }
-    rows = [rows_for(r.steps, steps) for r in readers]  # row index of each union step, -1 if absent
-    has = np.stack([take(r.has(), idx, 0) for r, idx in zip(readers, rows)])  # (R, T)
-    present = {
-        "param": has & schema.HAS_PARAMS != 0,
-        "grad": has & schema.HAS_GRADS != 0,
-    }
-    rollups = {kind: np.stack([take(r.rollups(kind), idx, 0) for r, idx in zip(readers, rows)])
-               for kind in schema.KINDS}  # (R, T, 2)
-    calm = {kind: _rollups_agree(rollups[kind], present[kind]) for kind in schema.KINDS}
+    quiet = (np.zeros((len(members), len(params)), bool), np.ones(len(params), bool))
     prev_step: Optional[int] = None
     for start in range(0, len(steps), BLOCK):
         stop = min(start + BLOCK, len(steps))
         block = {}
         for kind in schema.KINDS:
-            if calm[kind][start:stop].all():
+            cl = classes.blocks[(start // BLOCK, kind)]
+            if not outlier_mask(cl.rollups, cl.present)[0].any():  # every member that recorded a step agrees
                 block[kind] = None
             else:
-                block[kind] = _vote_block(members, readers, rows, cols, kind, start, stop, rollups[kind],
-                                          present[kind])
+                block[kind] = _vote_block(run, members, cols, kind, steps, start, stop, cl)
         if all(v is None for v in block.values()):  # every rank agrees on every step of the block
             for tracker in trackers.values():
                 tracker.prev[:] = False
             prev_step = int(steps[stop - 1])
             continue
+        grad_present = classes.blocks[(start // BLOCK, "grad")].present
         for t in range(stop - start):
             step = int(steps[start + t])
             views = {}
             for kind in schema.KINDS:
                 if block[kind] is None:
-                    views[kind] = (np.zeros((len(members), len(params)), bool), np.ones(len(params), bool))
+                    views[kind] = quiet
                 else:
-                    outliers, majority = block[kind]
-                    views[kind] = (outliers[:, t], majority[t])
+                    outliers, majority, of = block[kind]
+                    views[kind] = (outliers[:, t][of], majority[t])
             grad_bad = views["grad"][0]
-            grads_recorded = bool(present["grad"][:, start + t].any())
+            grads_recorded = bool(grad_present[:, t].any())
             trackers["grad"].update(step, prev_step, *views["grad"])
             trackers["buffer"].update(step, prev_step, *views["param"])
             episode = trackers["param"].update(step, prev_step, *views["param"])
@@ -130,27 +212,11 @@ def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Opti
     return sorted(episodes, key=lambda e: (e.step, e.stage))
 
 
-def merge_episodes(parts: list[tuple[int, list[Episode]]]) -> list[Episode]:
-    """Episodes of a group scanned in column chunks, each ``(offset of its first column,
-    its episodes)``, as one scan of all the columns would have found them."""
-    merged: dict[tuple, Episode] = {}
-    for offset, episodes in parts:
-        for e in episodes:
-            columns = [c + offset for c in e.columns]
-            key = (e.stage, e.step)
-            old = merged.get(key)
-            if old is None:
-                merged[key] = Episode(e.stage, e.step, e.prev_step, columns, list(e.ranks), e.has_majority,
-                                      e.grads_differed)
-                continue
-            old.columns = sorted(set(old.columns) | set(columns))
-            old.ranks = sorted(set(old.ranks) | set(e.ranks))
-            old.has_majority = old.has_majority and e.has_majority
-            if e.grads_differed or old.grads_differed:
-                old.grads_differed = True
-            elif e.grads_differed is None:
-                old.grads_differed = None
-    return sorted(merged.values(), key=lambda e: (e.step, e.stage))
+def group_steps(run: Run, members: list[int]) -> np.ndarray:
+    """Every step any of ``members`` recorded, in order."""
+    table = run.readers  # from its columns: no reader per rank
+    steps = [table.steps_of(m) for m in members]
+    return np.unique(np.concatenate(steps)) if steps else np.zeros(0, np.int64)
 
 
 def describe(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray],
@@ -169,36 +235,34 @@ MAX_CLASSES = 32
 READ_BUDGET = 64 << 20
 
 
-def _vote_block(members: list[int], readers: list, rows: list[np.ndarray], cols: dict[int, np.ndarray], kind: str,
-                start: int, stop: int, rollups: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The vote on steps [start, stop) of ``kind``: ``(outliers (R, t, P), majority (t, P))``
-    as :func:`outlier_mask` finds it on every member's digests.
+def _vote_block(run: Run, members: list[int], cols: dict[int, np.ndarray], kind: str, steps: np.ndarray,
+                start: int, stop: int, classes: BlockClasses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vote on steps [start, stop) of ``kind``: ``(outliers (C, t, P), majority (t,
+    P), class of each member)`` as :func:`outlier_mask` finds it on every member's digests.
 
-    Ranks whose rollups, presence and columns are equal over the block hold equal
-    digests, so one of each such class is read and counted as many times as its class
-    has members: a block of ten thousand ranks of which one differs reads two ranks.
-    With many classes, every rank is read, a few steps at a time (``READ_BUDGET``)."""
-    classes: dict[bytes, int] = {}
-    class_of = np.empty(len(members), np.int64)
-    first: list[int] = []  # a member of each class
-    for i, m in enumerate(members):
-        key = rollups[i, start:stop].tobytes() + present[i, start:stop].tobytes() + cols[m].tobytes()
-        c = class_of[i] = classes.setdefault(key, len(first))
-        if c == len(first):
-            first.append(i)
-    if len(first) <= MAX_CLASSES:
-        digests = np.stack([_read_block(readers[i], kind, rows[i][start:stop], cols[members[i]]) for i in first])
-        mask = np.broadcast_to(present[first, start:stop, None], digests.shape[:-1])
-        outliers, majority = _vote_classes(digests, mask, np.bincount(class_of, minlength=len(first)))
-        return outliers[class_of], majority
+    One member of each class is read and counted as many times as its class has members:
+    a block of ten thousand ranks of which one differs reads two files. With many
+    classes, every member is read (each its own class), a few steps at a time
+    (``READ_BUDGET``)."""
+    def digests(member: int, lo: int, hi: int) -> np.ndarray:
+        rank = members[member]
+        reader = run.readers[rank]
+        return _read_block(reader, kind, rows_for(reader.steps, steps[lo:hi]), cols[rank])
+
+    if len(classes.first) <= MAX_CLASSES:
+        read = np.stack([digests(int(i), start, stop) for i in classes.first])  # (C, t, P, 2)
+        mask = np.broadcast_to(classes.present[:, :, None], read.shape[:-1])
+        outliers, majority = _vote_classes(read, mask, classes.counts)
+        return outliers, majority, classes.of
     width = max(len(c) for c in cols.values()) * 16 * len(members)
     parts = []
     for lo in range(start, stop, max(1, READ_BUDGET // max(width, 1))):
         hi = min(stop, lo + max(1, READ_BUDGET // max(width, 1)))
-        digests = np.stack([_read_block(r, kind, idx[lo:hi], cols[m])
-                            for m, r, idx in zip(members, readers, rows)])  # (R, t, P, 2)
-        parts.append(outlier_mask(digests, np.broadcast_to(present[:, lo:hi, None], digests.shape[:-1])))
-    return np.concatenate([o for o, _ in parts], axis=1), np.concatenate([m for _, m in parts], axis=0)
+        read = np.stack([digests(i, lo, hi) for i in range(len(members))])  # (R, t, P, 2)
+        present = classes.present[classes.of, lo - start:hi - start]
+        parts.append(outlier_mask(read, np.broadcast_to(present[:, :, None], read.shape[:-1])))
+    return (np.concatenate([o for o, _ in parts], axis=1), np.concatenate([m for _, m in parts], axis=0),
+            np.arange(len(members)))
 
 
 def _vote_classes(digests: np.ndarray, present: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,13 +277,6 @@ def _vote_classes(digests: np.ndarray, present: np.ndarray, counts: np.ndarray) 
     disagrees = np.any(present & (support < voters), axis=0)
     outliers = np.where(has_majority, present & ~in_majority, present & disagrees)
     return outliers, has_majority | ~disagrees
-
-
-def _rollups_agree(rollups: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(T,) True where every present rank has the same rollup digest: then every
-    parameter agrees, whichever of them a comparison takes."""
-    outliers, _ = outlier_mask(rollups, present)
-    return ~outliers.any(axis=0)
 
 
 def _read_block(reader, kind: str, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -137,7 +137,10 @@ def check_ranks(run: Run) -> list[Finding]:
     findings = _missing(run)
     if not run.readers:
         return findings
-    ends = {r: rank_end(reader) for r, reader in run.readers.items()}
+    found: dict[int, RankEnd] = {}
+    for part in run.on_shards(_ends_in_share):
+        found.update(part)
+    ends = {r: found[r] for r in run.readers}
     recording = [e.rank for e in ends.values() if e.status != Status.RECORDING_STOPPED]
     for end in ends.values():
         if end.status == Status.RECORDING_STOPPED:
@@ -166,6 +169,10 @@ def check_ranks(run: Run) -> list[Finding]:
         unfinished = early
     findings.append(_blame(ends, unfinished, job))
     return findings
+
+
+def _ends_in_share(share: Run, _) -> dict[int, RankEnd]:
+    return {r: rank_end(reader) for r, reader in share.readers.items()}
 
 
 def _end_unknown(e: RankEnd, ends: dict[int, RankEnd]) -> bool:

@@ -1,10 +1,13 @@
 """The engines that spread an analysis over workers: ones that exist already.
 
 A :class:`Pool` maps a module-level function over picklable tasks and returns the
-results in task order, on every caller:
+results in task order, on every caller. Task ``i`` runs on worker ``i % size``, always
+the same one, and a worker keeps what its tasks leave in it from one map to the next:
+so a run can be cut into shares, each held by one worker only (see
+:mod:`distcheck.analysis.run`).
 
 - :class:`SerialPool`: here, one after the other;
-- :class:`ProcessPool`: ``--workers K`` local processes (``concurrent.futures``);
+- :class:`ProcessPool`: ``--workers K`` local processes, forked once;
 - :class:`MpiPool`: every process of ``mpirun -n K distcheck analyze ...`` takes the
   tasks ``i`` with ``i % K == its rank``; the results are all-gathered, so every process
   goes on with the same data and only rank 0 writes the report.
@@ -13,9 +16,6 @@ A task that fails fails the whole map, on every caller alike: the exception of t
 first failing task, in task order. The analysis then leaves out the rank whose damaged
 file raised it and maps again; under mpirun every process must do so together, or one
 would wait in a collective the others skipped.
-
-The analysis splits its heaviest work, the votes over every recorded step, by parameter
-(each worker reads its columns of every rank file) and the health rules by rank.
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ class Pool(Protocol):
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
         ...
 
+    def close(self) -> None:
+        ...
+
 
 class SerialPool:
     size = 1
@@ -40,22 +43,84 @@ class SerialPool:
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
         return [fn(t) for t in tasks]
 
+    def close(self) -> None:
+        pass
+
 
 class ProcessPool:
+    """``--workers K`` local processes, forked at the first map and kept until
+    :meth:`close`. Task ``i`` always runs on worker ``i % K``, as under MPI, so what a
+    task leaves in its worker (its share of the run, see :mod:`distcheck.analysis.run`)
+    is there for the next map. Tasks and results travel pickled between this process
+    and its own forks; a failure travels as plain strings (see :func:`_portable`)."""
+
     writes = True
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._workers: list[tuple[Any, Any]] = []  # (process, its end of the pipe)
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
-        if len(tasks) < 2:
-            return [fn(t) for t in tasks]
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        if not self._workers:
+            self._start()
+        results: list[Any] = []
+        failure: Optional[tuple[str, ...]] = None
+        for first in range(0, len(tasks), self.size):  # a task per worker at a time: no pipe fills up
+            batch = list(tasks[first:first + self.size])
+            for (_, conn), task in zip(self._workers, batch):
+                conn.send((fn, task))
+            for i, (process, conn) in enumerate(self._workers[:len(batch)]):
+                try:
+                    ok, value = conn.recv()
+                except EOFError:
+                    ok, value = False, (f"analysis worker {i} died (exit code {process.exitcode})",)
+                if ok:
+                    results.append(value)
+                elif failure is None:
+                    failure = value
+        if failure is not None:
+            raise _rebuilt(failure)
+        return results
 
-        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ProcessPoolExecutor(max_workers=min(self.size, len(tasks)), mp_context=context) as pool:
-            return list(pool.map(fn, tasks))
+    def _start(self) -> None:
+        import multiprocessing
+
+        from distcheck.store.open_files import close_open_files
+
+        close_open_files()  # each worker opens its own
+        context = multiprocessing.get_context("fork")
+        for _ in range(self.size):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_serve, args=(theirs, mine), daemon=True)
+            process.start()
+            theirs.close()
+            self._workers.append((process, mine))
+
+    def close(self) -> None:
+        """Stop the workers (and drop what they hold)."""
+        for process, conn in self._workers:
+            conn.close()  # the worker reads the end of the pipe and leaves
+        for process, _ in self._workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._workers = []
+
+
+def _serve(conn: Any, parents_end: Any) -> None:
+    """A worker of :class:`ProcessPool`: run each task sent, send back its result."""
+    parents_end.close()
+    while True:
+        try:
+            fn, task = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the analysis is over: no cleanup of the parent's objects
+        try:
+            reply = (True, fn(task))
+        except Exception as exc:
+            reply = (False, _portable((0, exc))[1])
+        conn.send(reply)
 
 
 class MpiPool:
@@ -85,6 +150,9 @@ class MpiPool:
             merged.update(part)
         return [merged[i] for i in range(len(tasks))]
 
+    def close(self) -> None:
+        pass
+
 
 def _portable(failure: Optional[tuple[int, Exception]]) -> Optional[tuple[int, tuple[str, ...]]]:
     """``failure`` as plain strings, to travel to the other MPI processes: a damaged dump
@@ -102,25 +170,13 @@ def _rebuilt(fields: tuple[str, ...]) -> Exception:
     return DumpError(*fields) if len(fields) == 3 else RuntimeError(fields[0])
 
 
-def chunks(items: Sequence[Any], parts: int) -> list[list[Any]]:
-    """``items`` cut into at most ``parts`` contiguous, nearly equal, non-empty pieces."""
-    parts = max(1, min(parts, len(items)))
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + size + (1 if i < extra else 0)
-        out.append(list(items[start:stop]))
-        start = stop
-    return out
-
-
 def make_pool(workers: int) -> Pool:
     """The pool for ``--workers K``: MPI when this process runs under mpirun with more
     than one process, local processes for K > 1, else serial."""
     comm = _mpi_world()
     if comm is not None:
         return MpiPool(comm)
-    return ProcessPool(workers) if workers > 1 else SerialPool()
+    return ProcessPool(workers) if workers > 1 and hasattr(os, "fork") else SerialPool()
 
 
 def _mpi_world() -> Any:

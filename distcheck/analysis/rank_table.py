@@ -122,10 +122,25 @@ class RankTable(MutableMapping[int, DumpReader]):
         else:  # another dtype or row shape than the first rank's: kept as it is
             self._odd.setdefault(row, {})[key] = values
 
-    def add_rows(self, other: "RankTable") -> None:
-        """Every row of ``other`` (a share of the run screened elsewhere), in its order."""
-        for row in range(len(other.paths)):
-            self.add(other.paths[row], other.state(row))
+    def without_series(self) -> "RankTable":
+        """A copy without the per-step series (an index of the ranks: how each ended, its
+        steps, its parameter table); its readers read their series from their files."""
+        index = RankTable.__new__(RankTable)
+        index.__dict__.update(self.__dict__)
+        index._series, index._series_first, index._odd = {}, {}, {}
+        index._kept = OrderedDict()
+        return index
+
+    def select(self, kept: dict[int, str]) -> None:
+        """Keep only the ranks of ``kept``, each from the first row read from its path."""
+        rows: dict[int, int] = {}
+        for row, path in enumerate(self.paths):
+            rank = self._numbers["rank"][row]
+            if kept.get(rank) == path and rank not in rows:
+                rows[rank] = row
+        self._rows = rows
+        self.close()
+        self._kept.clear()
 
     # -- reading -----------------------------------------------------------------
     def row_of(self, rank: int) -> int:

@@ -5,12 +5,19 @@ with the input (a missing directory, a damaged file, a rank written twice) are k
 as :class:`InputError`\\ s so the readable ranks can still be analysed. Files of two
 different jobs are refused outright (:class:`MixedJobsError`): no analysis of them
 could be right.
+
+Loaded over a pool of K workers, a run is cut into K *shares*: worker ``i`` screens the
+files ``i, i + K, ...`` and keeps their per-step series (losses, rollups, batch digests,
+times: most of what is kept of a rank); the caller keeps an index of every rank (how it
+ended, its steps, its parameter table) without them. Whatever needs every rank's series
+runs on the shares (:meth:`Run.on_shards`) and sends back findings and small summaries,
+so no process holds every rank's series, and the memory of each falls as K grows.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from distcheck.analysis.pools import Pool
 from distcheck.analysis.progress_bar import ProgressBar
@@ -32,13 +39,20 @@ class InputError:
         return self.message
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Run:
     dirs: list[str]
-    #: rank -> its reader, kept as compact columns (see :class:`RankTable`).
+    #: rank -> its reader, kept as compact columns (see :class:`RankTable`). Of a run cut
+    #: into shares, without the per-step series: a reader reads them from its file.
     readers: RankTable = field(default_factory=RankTable)
     errors: list[InputError] = field(default_factory=list)
     unreadable_ranks: dict[int, str] = field(default_factory=dict)
+    #: The pool whose workers each hold a share of the ranks (see the module's
+    #: docstring); None when every rank is held here, whole.
+    shards: Optional[Pool] = None
 
     @property
     def ranks(self) -> list[int]:
@@ -68,53 +82,58 @@ class Run:
             self._cache[cached] = max(counts.values(), key=lambda c: c[0])[1] if counts else default
         return self._cache[cached]
 
+    def on_shards(self, fn: Callable[["Run", Any], T], task: Any = None) -> list[T]:
+        """``fn(share, task)`` on every share of the run, in the worker that holds it, or
+        ``[fn(self, task)]`` when the run is held here whole. ``fn`` must be a module-level
+        function; under mpirun every process gets every share's result."""
+        if self.shards is None:
+            return [fn(self, task)]
+        return self.shards.map(_on_share, [(fn, task)] * self.shards.size)
+
     def drop(self, error: DumpError) -> None:
         """Leave out the rank whose file raised ``error``, and say so as an input error."""
         rank = next((r for r in self.readers if self.readers.paths[self.readers.row_of(r)] == error.path), None)
         if rank is None:
             raise error  # not one of ours: a bug, not damage
         self.readers.pop(rank).close()
+        if self.shards is not None:
+            self.on_shards(_drop_from_share, error.path)
         self._cache.clear()
         self.errors.append(InputError(error.path, str(error), rank))
         self.unreadable_ranks[rank] = error.problem
 
     def close(self) -> None:
         self.readers.close()
+        if self.shards is not None:
+            self.on_shards(_forget_share)
+            self.shards = None
 
 
 def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = None) -> Run:
     """Every rank file of ``dirs``. With ``screen_files``, forked children first check
-    that none of them hangs HDF5 (one child per worker of ``pool``, each screening a
-    share of the files; see ``Screening``)."""
+    that none of them hangs HDF5 (see ``Screening``). With a ``pool`` of several workers,
+    the run is cut into shares, one per worker (see the module's docstring)."""
     run = Run(dirs=list(dirs))
-    files: list[tuple[str, int]] = []  # (path, rank from its name)
-    for directory in dirs:
-        if not os.path.isdir(directory):
-            run.errors.append(InputError(directory, f"{directory}: no such run directory"))
-            continue
-        names = sorted(n for n in os.listdir(directory) if schema.FILE_PATTERN.match(n))
-        if not names:
-            run.errors.append(InputError(directory, f"{directory}: no rank files (rank_NNNNN.h5) found; "
-                                         "is this the directory printed by 'distcheck launch'?"))
-            continue
-        files.extend((os.path.join(directory, n), int(schema.FILE_PATTERN.match(n).group(1))) for n in names)
-    paths = [path for path, _ in files]
+    files = _rank_files(run)
     with ProgressBar(f"reading {len(files)} rank files", len(files)) as bar:
         if not screen_files or not hasattr(os, "fork"):
             for path, rank in files:
                 _load_file(run, path, rank, lambda: validated_state(path))
                 bar.advance()
         elif pool is not None and pool.size > 1 and len(files) > 1:
-            # Each worker screens a share and sends it back as columns: no message per file is kept.
-            shares = pool.map(screen_share, [paths[i::pool.size] for i in range(pool.size)])
+            shares = pool.map(_load_share, [(run.dirs, files[i::pool.size]) for i in range(pool.size)])
             for i, (path, rank) in enumerate(files):
-                table, errors = shares[i % pool.size]
+                index, errors = shares[i % pool.size]
                 j = i // pool.size
-                _load_file(run, path, rank, lambda: _state_or_error(table, errors, j))
+                _load_file(run, path, rank, lambda: _state_or_error(index, errors, j))
                 bar.advance()
             del shares
+            kept = {rank: run.readers.paths[run.readers.row_of(rank)] for rank in run.readers}
+            pool.map(_keep_in_share, [{r: kept[r] for _, r in files[i::pool.size] if r in kept}
+                                      for i in range(pool.size)])
+            run.shards = pool
         else:
-            with Screening(paths, validated_state) as screening:
+            with Screening([path for path, _ in files], validated_state) as screening:
                 for i, (path, rank) in enumerate(files):
                     _load_file(run, path, rank, lambda: screening.state(i))
                     bar.advance()
@@ -124,6 +143,60 @@ def load_run(dirs: list[str], screen_files: bool = True, pool: Optional[Pool] = 
         run.close()
         raise
     return run
+
+
+def _rank_files(run: Run) -> list[tuple[str, int]]:
+    """(path, rank from its name) of every rank file of the run's directories; a
+    directory that is missing or holds none is an input error."""
+    files: list[tuple[str, int]] = []
+    for directory in run.dirs:
+        if not os.path.isdir(directory):
+            run.errors.append(InputError(directory, f"{directory}: no such run directory"))
+            continue
+        names = sorted(n for n in os.listdir(directory) if schema.FILE_PATTERN.match(n))
+        if not names:
+            run.errors.append(InputError(directory, f"{directory}: no rank files (rank_NNNNN.h5) found; "
+                                         "is this the directory printed by 'distcheck launch'?"))
+            continue
+        files.extend((os.path.join(directory, n), int(schema.FILE_PATTERN.match(n).group(1))) for n in names)
+    return files
+
+
+# -- a worker's share of the run -------------------------------------------------
+#: The share of the run this process holds (see the module's docstring), if any.
+_SHARE: Optional[Run] = None
+
+
+def _load_share(task: tuple[list[str], list[tuple[str, int]]]) -> tuple[RankTable, dict[int, DumpError]]:
+    """Screen a share of the files and keep it here; send back its index (its rows
+    without their series, in the order of the files, the failed ones left out) and the
+    error of each failed file by its position."""
+    global _SHARE
+    dirs, files = task
+    table, errors = screen_share([path for path, _ in files])
+    _SHARE = Run(dirs=dirs, readers=table)
+    return table.without_series(), errors
+
+
+def _keep_in_share(kept: dict[int, str]) -> None:
+    """Keep only the ranks the caller kept, each from the file it kept."""
+    _SHARE.readers.select(kept)
+
+
+def _drop_from_share(share: Run, path: str) -> None:
+    for rank in [r for r in share.readers if share.readers.paths[share.readers.row_of(r)] == path]:
+        share.readers.pop(rank).close()
+
+
+def _forget_share(share: Run, _: Any) -> None:
+    global _SHARE
+    share.readers.close()
+    _SHARE = None
+
+
+def _on_share(call: tuple[Callable[[Run, Any], Any], Any]) -> Any:
+    fn, task = call
+    return fn(_SHARE, task)
 
 
 def screen_share(paths: list[str]) -> tuple[RankTable, dict[int, DumpError]]:

@@ -196,17 +196,29 @@ def weight_mask(run: Run, members: list[int], params: list[ParamInfo], cols: dic
     frozen = np.flatnonzero(~mask)
     if not len(frozen):
         return mask
-    changed_everywhere = np.ones(len(params), bool)
+    parts = run.on_shards(_changed_in_share, (members, cols, len(params)))
+    spans = sum(n for n, _ in parts)
+    changed_everywhere = np.logical_and.reduce([changed for _, changed in parts])
+    for c in frozen:
+        buffer = is_running_statistic(params[c].name) or (spans > 0 and changed_everywhere[c])
+        mask[c] = not buffer
+    return mask
+
+
+def _changed_in_share(share: Run, task: tuple[list[int], dict[int, np.ndarray], int]) -> tuple[int, np.ndarray]:
+    """Of this share's members that recorded two steps or more: how many, and which
+    parameters changed between the first and last recorded step on every one."""
+    members, cols, n_params = task
+    changed_everywhere = np.ones(n_params, bool)
     spans = 0
     for r in members:
-        reader = run.readers[r]
+        if r not in share.readers:
+            continue
+        reader = share.readers[r]
         if reader.n_steps < 2:
             continue
         spans += 1
         first = reader.digests("param", 0, 1)[0][cols[r]]
         last = reader.digests("param", reader.n_steps - 1, reader.n_steps)[0][cols[r]]
         changed_everywhere &= np.any(first != last, axis=-1)
-    for c in frozen:
-        buffer = is_running_statistic(params[c].name) or (spans > 0 and changed_everywhere[c])
-        mask[c] = not buffer
-    return mask
+    return spans, changed_everywhere

@@ -22,6 +22,8 @@ def write_report(run_dirs: list[str], config: dict, fmt: str = "text", output: O
         analysis = analyze(run_dirs, config, checks=[health_checks], pool=pool)
     except ReplicaConfigError as exc:
         raise UsageError(f"the config does not fit this run: {exc}") from None
+    finally:
+        pool.close()
     if not pool.writes:  # another MPI process writes
         return _exit_code(analysis, fail_on)
     return finish_report(analysis, fmt, output, fail_on)

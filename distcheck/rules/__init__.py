@@ -6,12 +6,10 @@ runs the per-rank rules on each rank of a run and merges what ranks share.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 from distcheck.analysis.progress_bar import ProgressBar
 from distcheck.analysis.run import Run
-from distcheck.analysis.pools import Pool, SerialPool, chunks
-from distcheck.analysis.workers import shared_run, sharing
 from distcheck.findings import Finding, Note
 from distcheck.rules import activations, consistency, data, diff, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
@@ -22,43 +20,42 @@ __all__ = ["RULES", "Rule", "health_checks", "static_findings"]
 _STATIC = ("frozen_by_accident", "bn_in_eval_mode", "dropout_keep_prob")
 
 
-def health_checks(run: Run, config: dict[str, Any], pool: Optional[Pool] = None) -> list[Finding | Note]:
-    """Every enabled per-rank rule on every readable rank (spread over ``pool`` by rank);
-    equal findings (and notes) merged across ranks."""
-    pool = pool or SerialPool()
-    tasks = [(run.dirs, part, config) for part in chunks(run.ranks, pool.size)]
-    with sharing(run):
-        parts = pool.map(_judge_ranks, tasks)
-    merged: dict[tuple, Finding | Note] = {}
+def health_checks(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
+    """Every enabled per-rank rule on every readable rank (on the run's shares, see
+    :meth:`Run.on_shards`); equal findings (and notes) merged across ranks."""
+    judged: list[tuple[int, Finding | Note]] = []
     recorded: dict[str, set[int]] = {}  # series -> the ranks that recorded it
-    for part, series in parts:
+    for part, series in run.on_shards(_judge_share, config):
+        judged.extend(part)
         for name, ranks in series.items():
             recorded.setdefault(name, set()).update(ranks)
-        for f in part:
-            key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
-            old = merged.get(key)
-            if old is None:
-                merged[key] = f
-            else:
-                merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
+    judged.sort(key=lambda pair: pair[0])  # as one pass over the ranks in order would find them
+    merged: dict[tuple, Finding | Note] = {}
+    for _, f in judged:
+        key = (f.code, f.message) if isinstance(f, Note) else (f.code, f.step, f.params)
+        old = merged.get(key)
+        if old is None:
+            merged[key] = f
+        else:
+            merged[key] = replace(old, ranks=tuple(sorted(set(old.ranks) | set(f.ranks))))
     return _across_ranks(list(merged.values()), run.ranks, recorded)
 
 
-def _judge_ranks(task: tuple[list[str], list[int], dict[str, Any]]
-                 ) -> tuple[list[Finding | Note], dict[str, list[int]]]:
-    """The findings of ``ranks``, and which of them recorded each trend's series."""
-    dirs, ranks, config = task
-    run = shared_run(dirs)
+def _judge_share(share: Run, config: dict[str, Any]
+                 ) -> tuple[list[tuple[int, Finding | Note]], dict[str, list[int]]]:
+    """The findings of the share's ranks, each with its rank, and which of them recorded
+    each trend's series."""
     settings = config.get("rules", {})
     disabled = set(settings.get("disable") or ())
-    out: list[Finding | Note] = []
+    out: list[tuple[int, Finding | Note]] = []
     series: dict[str, list[int]] = {"loss": [], "grad": []}
+    ranks = sorted(share.readers)
     with ProgressBar("health rules", len(ranks)) as bar:
         for rank in ranks:
-            rank_data = RankData(run.readers[rank])
+            rank_data = RankData(share.readers[rank])
             for code, r in RULES.items():
                 if not r.cross_rank and code not in disabled:
-                    out.extend(r.check(rank_data, settings.get(code) or {}))
+                    out.extend((rank, f) for f in r.check(rank_data, settings.get(code) or {}))
             if (rank_data.loss_mask & (rank_data.steps > 0)).any():
                 series["loss"].append(rank)
             if rank_data.grad_mask.any():
