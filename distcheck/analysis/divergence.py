@@ -307,7 +307,8 @@ def _magnitude(run: Run, members: list[int], params: list[ParamInfo], cols: dict
                e: Episode) -> list[str]:
     """How far apart: full-tensor max |diff| where kept, else the L2 norms on each side."""
     kind = "grad" if e.stage == "grad" else "param"
-    good = [r for r in members if r not in e.ranks]
+    suspects = set(e.ranks)
+    good = [r for r in members if r not in suspects]
     if not good:
         return []
     ref = run.readers[good[0]]

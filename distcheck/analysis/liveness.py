@@ -248,7 +248,8 @@ def _blame(ends: dict[int, RankEnd], unfinished: list[RankEnd], job: dict) -> Fi
         if all(e is earliest or e.last_alive - earliest.last_alive > SILENCE_MARGIN for e in suspects):
             suspects = [earliest]
     culprits = sorted(suspects, key=lambda e: e.rank)
-    others = sorted((e for e in ends.values() if e not in culprits), key=lambda e: e.rank)
+    blamed = {e.rank for e in culprits}
+    others = sorted((e for e in ends.values() if e.rank not in blamed), key=lambda e: e.rank)
     stalled = all(e.stalled for e in culprits)
     code = "rank_stalled" if stalled else "rank_stopped"
     parts = []

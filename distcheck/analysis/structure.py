@@ -67,21 +67,26 @@ def comparisons(run: Run, declared: Optional[Declaration]) -> tuple[list[Compari
     alone: dict[str, set[int]] = {}
     unknown: dict[str, set[int]] = {}
     everyone = tuple(range(run.world_size))
-    recorded_by: dict[tuple[int, int], list] = {}  # ranks with equal tables share their groups
+    # Ranks with equal parameter tables and recorded groups share their groups; unless a
+    # declaration names ranks, each set of such ranks is looked at once, not rank by rank.
+    alike: dict[tuple[int, int], list[int]] = {}
     for rank in sorted(run.readers):
-        params = run.readers.shared("params", rank)
-        replicas = run.readers.shared("replicas", rank)
-        key = (id(params), id(replicas))
-        recorded = recorded_by.get(key) if replicas is not None else None
-        if recorded is None:
-            recorded = recorded_by[key] = run.readers[rank].replica_groups()
+        alike.setdefault((id(run.readers.shared("params", rank)), id(run.readers.shared("replicas", rank))),
+                         []).append(rank)
+    recorded = {key: run.readers[ranks[0]].replica_groups() for key, ranks in alike.items()}
+    if declared is not None or legacy is not None:
+        looks = [(rank, [rank], key) for key, ranks in alike.items() for rank in ranks]
+        looks.sort(key=lambda look: look[0])
+    else:
+        looks = [(ranks[0], ranks, key) for key, ranks in alike.items()]
+    for rank, holders, key in looks:
         of_group: dict[int, Comparison] = {}  # by id(): a rank's groups are a few shared tuples
-        for param, rec in zip(params, recorded):
+        for param, rec in zip(run.readers.shared("params", rank), recorded[key]):
             group, source = _group_of(param.name, rank, everyone, declared, rec, legacy, replicated)
             if group is None:
-                unknown.setdefault(param.name, set()).add(rank)
+                unknown.setdefault(param.name, set()).update(holders)
             elif len(group) < 2:
-                alone.setdefault(param.name, set()).add(rank)
+                alone.setdefault(param.name, set()).update(holders)
             else:
                 comparison = of_group.get(id(group))
                 if comparison is None:

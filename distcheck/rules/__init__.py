@@ -93,8 +93,9 @@ def _across_ranks(results: list[Finding | Note], all_ranks: list[int], recorded:
         if len(ranks) < 2:
             out.append(first)
             continue
-        others = [r for r in ranks if r not in seen]
-        silent = [r for r in all_ranks if r not in ranks]
+        shown, recording = set(seen), set(ranks)
+        others = [r for r in ranks if r not in shown]
+        silent = [r for r in all_ranks if r not in recording]
         if not others and not silent:
             where = f" Every rank's series shows it (rank {first.ranks[0]} first): a job-wide cause."
         elif not others:

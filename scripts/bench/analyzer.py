@@ -38,11 +38,12 @@ QUICK = [(64, 100, 50), (256, 100, 50), (8, 1000, 100), (8, 1000, 1000)]
 #: The ranks curve: the 1,024-rank case and the two the issue of ten thousand ranks names.
 RANKS = [(1024, 100, 50), (4096, 100, 50), (10240, 100, 50)]
 
-#: What one analysing process reports of itself when it ends (every process, also MPI's).
-_REPORT = ("import atexit, json, os, resource, sys; atexit.register(lambda: print('DISTCHECK_BENCH ' + json.dumps("
+#: What one analysing process reports of itself when it ends (every process, also MPI's):
+#: a file of its own in $DISTCHECK_BENCH_DIR.
+_REPORT = ("import atexit, json, os, resource, sys; atexit.register(lambda: open(os.path.join("
+           "os.environ['DISTCHECK_BENCH_DIR'], str(os.getpid())), 'w').write(json.dumps("
            "{'pid': os.getpid(), 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
-           "'children_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}), "
-           "file=sys.stderr, flush=True)); ")
+           "'children_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))); ")
 
 
 def measure(run_dir: str, workers: int) -> dict:
@@ -66,12 +67,14 @@ def measure_mpi(run_dir: str, processes: int) -> dict:
     code = (_REPORT + "from distcheck.cli import main; "
             f"sys.exit(main(['analyze', {run_dir!r}, '--format', 'json', '--output', {os.devnull!r}, "
             "'--fail-on', 'never']))")
-    t = time.perf_counter()
-    proc = subprocess.run([mpirun, "-n", str(processes), sys.executable, "-c", code], capture_output=True, text=True)
-    took = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"mpirun analyze failed on {run_dir}:\n{proc.stderr[-3000:]}")
-    each = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith("DISTCHECK_BENCH ")]
+    with tempfile.TemporaryDirectory() as reports:
+        t = time.perf_counter()
+        proc = subprocess.run([mpirun, "-n", str(processes), sys.executable, "-c", code], capture_output=True,
+                              text=True, env={**os.environ, "DISTCHECK_BENCH_DIR": reports})
+        took = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"mpirun analyze failed on {run_dir}:\n{proc.stderr[-3000:]}")
+        each = [json.load(open(os.path.join(reports, name))) for name in os.listdir(reports)]
     return {"seconds": took, "processes_rss_mb": sorted(e["rss_mb"] for e in each),
             "children_rss_mb": max((e["children_rss_mb"] for e in each), default=0.0)}
 
