@@ -81,6 +81,23 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=order)
 
 
+def rank_list(ranks, limit: int = 8) -> str:
+    """``0, 3, 5`` for a few ranks; for many, runs of consecutive ranks as ``0..4095``
+    and at most ``limit`` parts: a message about ten thousand ranks stays a line."""
+    ranks = [int(r) for r in ranks]
+    if len(ranks) <= limit:
+        return ", ".join(map(str, ranks))
+    parts, start = [], 0
+    for i in range(1, len(ranks) + 1):
+        if i == len(ranks) or ranks[i] != ranks[i - 1] + 1:
+            run = ranks[start:i]
+            parts.extend([f"{run[0]}..{run[-1]}"] if len(run) > 2 else map(str, run))
+            start = i
+    if len(parts) <= limit:
+        return ", ".join(parts)
+    return f"{', '.join(parts[:limit])} and more ({len(ranks)} ranks in all)"
+
+
 def name_list(names: tuple[str, ...] | list[str], limit: int = 6) -> str:
     """``a, b, c and 4 more``: a short list for messages."""
     names = list(names)

@@ -147,7 +147,7 @@ def test_the_rank_whose_heartbeats_stopped_first_is_named(tmp_path):
             beats[-1] = (last + (5 if rank == 1 else 120), f["steps/step"][-1], 1, last)
     (f,) = _findings(tmp_path)
     assert (f.code, f.ranks) == ("rank_stopped", (1,))
-    assert "rank 1 was killed without warning" in f.message and "rank 0 waited for it" in f.message
+    assert "rank 1 was killed without warning" in f.message and "ranks 0, 2 waited for it" in f.message
 
 
 def test_a_rank_outside_the_training_step_is_blamed_over_the_waiting_ones(tmp_path):
@@ -195,3 +195,12 @@ def test_causes_come_first_and_within_a_window():
     assert linked["loss_nonfinite@250"] is None  # the divergence at 261 came after it
     alone = {f.key: f.caused_by for f in link_causes([diverging, nearby], window=100)}
     assert alone["grad_exploding@300"] == "loss_diverging@261"
+
+
+def test_a_message_about_ten_thousand_ranks_stays_a_line():
+    from distcheck.findings import rank_list
+
+    assert rank_list([0, 2, 5]) == "0, 2, 5"  # a few: as they are
+    assert rank_list(range(10240)) == "0..10239"
+    assert rank_list([*range(9), 20, 21, 22, 40]) == "0..8, 20..22, 40"
+    assert rank_list(range(0, 8000, 8)) == "0, 8, 16, 24, 32, 40, 48, 56 and more (1000 ranks in all)"

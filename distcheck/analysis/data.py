@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding, Severity
+from distcheck.findings import Finding, Severity, rank_list
 from distcheck.store import schema
 
 
@@ -55,10 +55,10 @@ def loss_nonfinite(run: Run) -> list[Finding]:
         return []
     spread = sorted(r for r in values if r not in origin)
     kinds = sorted({"NaN" if np.isnan(values[r]) else "Inf" for r in origin})
-    message = (f"The loss is {'/'.join(kinds)} at step {first_step} on rank(s) {', '.join(map(str, origin))}, "
+    message = (f"The loss is {'/'.join(kinds)} at step {first_step} on rank(s) {rank_list(origin)}, "
                "the first non-finite loss of the run.")
     if spread:
-        message += (f" It later became non-finite on rank(s) {', '.join(map(str, spread))} too, which is "
+        message += (f" It later became non-finite on rank(s) {rank_list(spread)} too, which is "
                     "how a NaN spreads through the gradient all-reduce: look at the first rank(s) only.")
     message += (" Causes: a bad input sample on that rank (Inf, NaN, extreme values), a learning rate or "
                 "loss scale too large, or a division or log of zero in the loss.")
@@ -72,7 +72,7 @@ def input_nonfinite(run: Run) -> list[Finding]:
         return []
     held = ", ".join(f"rank {r}: {int(counts[r])}" for r in origin)
     message = (f"The input batch held NaN or Inf values at step {first_step} on rank(s) "
-               f"{', '.join(map(str, origin))} ({held} value(s)), the first non-finite input of the run. "
+               f"{rank_list(origin)} ({held} value(s)), the first non-finite input of the run. "
                "Non-finite losses, gradients and weights that follow on every rank come from it: find that "
                "sample in that rank's data and clean or filter it.")
     return [Finding("input_nonfinite", Severity.ERROR, "data", first_step, tuple(origin), (), message)]
@@ -101,7 +101,7 @@ def data_not_sharded(run: Run, groups: list[list[int]]) -> list[Finding]:
             continue
         first = int(dup_steps[0])
         culprits = sorted(int(r) for r in ranks[duplicate & (steps == first)])
-        message = (f"Rank(s) {', '.join(map(str, culprits))} received identical input batches at step "
+        message = (f"Rank(s) {rank_list(culprits)} received identical input batches at step "
                    f"{first} ({len(dup_steps)} of {len(common)} compared steps had duplicates). Data-parallel "
                    "replicas should each read their own shard: pass num_shards=get_group_size() and "
                    "shard_id=get_rank() to the dataset, or use a DistributedSampler.")

@@ -20,7 +20,7 @@ import numpy as np
 
 from distcheck.difference import Difference, compare_tensors, infer_from_stats
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding, Severity, name_list
+from distcheck.findings import Finding, Severity, name_list, rank_list
 from distcheck.store import schema
 from distcheck.store.schema import ParamInfo
 from distcheck.steps import rows_for, take
@@ -433,7 +433,7 @@ def _with_difference(finding: Finding, e: Episode) -> Finding:
 
 
 def _who(e: Episode, group: str) -> str:
-    ranks = ", ".join(str(r) for r in e.ranks)
+    ranks = rank_list(e.ranks)
     if e.has_majority:
         return f"rank(s) {ranks} differ from the majority of replica group {group}"
     return f"ranks {ranks} (all suspects: no majority of replica group {group} decides which is right) differ"
@@ -443,7 +443,7 @@ def _blocks_hint(e: Episode) -> str:
     """With no majority but blocks of ranks that agree among themselves: perhaps shards."""
     if len(e.blocks) < 2 or not all(len(b) > 1 for b in e.blocks):
         return ""
-    blocks = " and ".join("{" + ", ".join(map(str, b)) + "}" for b in e.blocks)
+    blocks = " and ".join("{" + rank_list(b) + "}" for b in e.blocks)
     return (f" The ranks fall into blocks that agree among themselves, {blocks}: if these hold different shards "
             "by design (model or tensor parallel), declare each parameter's replica groups (replica_groups in a "
             "config file, see the README).")

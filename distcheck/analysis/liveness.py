@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding
+from distcheck.findings import Finding, rank_list
 from distcheck.rules.registry import finding
 from distcheck.store.progress_file import read_progress
 from distcheck.store.reader import DumpReader, Stack
@@ -193,18 +193,39 @@ def _missing(run: Run) -> list[Finding]:
     absent = [r for r in missing if r not in run.unreadable_ranks]
     parts = []
     if absent:
-        parts.append(f"no dump for rank(s) {', '.join(map(str, absent))} of a world of {run.world_size}: "
+        parts.append(f"no dump for rank(s) {rank_list(absent)} of a world of {run.world_size}: "
                      "the rank never reached training (a crash at start-up, or a node's run directory "
                      "was not given)")
     parts.extend(reasons)
     return [finding("rank_missing", None, missing, (), "; ".join(parts) + ".")]
 
 
-def _consequence(e: RankEnd) -> str:
-    if e.in_step:
-        step = f"step {e.completed + 1}" if e.completed >= 0 else "the first step"
-        return f"rank {e.rank} waited for it in {step} (in its collectives), then was {e.how()}"
-    return f"rank {e.rank} was {e.how()}, {e.where()}"
+def _consequences(ends: list[RankEnd]) -> str:
+    """How each of ``ends`` stopped; ranks that stopped alike are said once together."""
+    def what(e: RankEnd) -> tuple[str, str]:
+        if e.in_step:
+            step = f"step {e.completed + 1}" if e.completed >= 0 else "the first step"
+            return f" waited for it in {step} (in the collectives), then ", f" {e.how()}"
+        return " ", f" {e.how()}, {e.where()}"
+
+    return "; ".join(_said_of(ranks, *words) for words, ranks in _alike(ends, what))
+
+
+def _alike(ends: list[RankEnd], text: Callable[[RankEnd], Any]) -> list[tuple[Any, list[int]]]:
+    """``text(end)`` of each of ``ends``, with the ranks (in order) of which it is said."""
+    alike: dict[Any, list[int]] = {}
+    for e in sorted(ends, key=lambda e: e.rank):
+        alike.setdefault(text(e), []).append(e.rank)
+    return list(alike.items())
+
+
+def _said_of(ranks: list[int], before: str, after: str) -> str:
+    """``rank 3{before}was{after}``, or ``ranks 0..7{before}were{after}``."""
+    return f"{_who(ranks)}{before}{'was' if len(ranks) == 1 else 'were'}{after}"
+
+
+def _who(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {rank_list(ranks)}"
 
 
 def _job(run: Run) -> dict:
@@ -221,8 +242,8 @@ def _stopped_from_outside(ends: list[RankEnd], job: dict) -> Finding:
     steps = sorted({e.completed for e in ends})
     span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}..{steps[-1]}"
     message = (f"The job was stopped from outside ({who}) after {span}; every rank closed its dump with the steps "
-               f"it completed, and no rank is to blame. " + "; ".join(f"rank {e.rank}: {e.how()}, {e.where()}"
-                                                                     for e in sorted(ends, key=lambda e: e.rank)))
+               f"it completed, and no rank is to blame. " + "; ".join(
+                   f"{_who(ranks)}: {how}" for how, ranks in _alike(ends, lambda e: f"{e.how()}, {e.where()}")))
     return finding("job_stopped", min(steps) if steps[0] >= 0 else None, (), (), message)
 
 
@@ -263,10 +284,10 @@ def _blame(ends: dict[int, RankEnd], unfinished: list[RankEnd], job: dict) -> Fi
         parts.append("no rank stands out: they stopped at the same step, in the same phase, at about the same time")
     waiting = [e for e in others if not e.finished]
     if waiting:
-        parts.append("the others stopped as a consequence: " + "; ".join(_consequence(e) for e in waiting))
+        parts.append("the others stopped as a consequence: " + _consequences(waiting))
     done = [e.rank for e in others if e.finished]
     if done:
-        parts.append(f"rank(s) {', '.join(map(str, done))} finished at step {top}")
+        parts.append(f"rank(s) {rank_list(done)} finished at step {top}")
     if job.get("stopped_by") == "stall_timeout":
         parts.append(f"distcheck launch stopped the job after {job.get('stall_timeout'):g} s without progress")
     detail = {"ends": {str(e.rank): {"how": e.how(), "completed": e.completed, "phase": e.phase.name.lower(),

@@ -16,7 +16,7 @@ import numpy as np
 
 from distcheck.analysis.run import Run
 from distcheck.buffers import is_running_statistic
-from distcheck.findings import Finding, Note, Severity, name_list
+from distcheck.findings import Finding, Note, Severity, name_list, rank_list
 from distcheck.replicas import REPLICATED_MODES, Declaration, Group, Source
 from distcheck.store.schema import ParamInfo
 
@@ -41,7 +41,7 @@ class Comparison:
     @property
     def label(self) -> str:
         """The group as messages name it, with where it came from unless obvious."""
-        ranks = f"[{', '.join(map(str, self.group))}]"
+        ranks = f"[{rank_list(self.group)}]"
         if self.sources and self.sources != {Source.DATA_PARALLEL.label}:
             return f"{ranks} ({'/'.join(sorted(self.sources))})"
         return ranks
@@ -174,8 +174,8 @@ def common_structure(run: Run, members: list[int], names: list[str]
         differing = sorted({a[0] for r in odd for a, b in zip(signature[r], best) if a != b})
         findings.append(Finding(
             "structure_mismatch", Severity.ERROR, "init", 0, tuple(odd), tuple(differing),
-            f"Rank(s) {', '.join(map(str, odd))} hold different parameters (names, shapes or dtypes) from "
-            f"rank(s) {', '.join(map(str, agree))} of their replica group: {name_list(differing)}. Every replica "
+            f"Rank(s) {rank_list(odd)} hold different parameters (names, shapes or dtypes) from "
+            f"rank(s) {rank_list(agree)} of their replica group: {name_list(differing)}. Every replica "
             "must build the same network; check for rank-dependent model code or configuration. These ranks "
             "were left out of the value comparisons."))
     present = [n for n, shape, _ in best if shape is not None]

@@ -10,7 +10,7 @@ from typing import Any
 
 from distcheck.analysis.progress_bar import ProgressBar
 from distcheck.analysis.run import Run
-from distcheck.findings import Finding, Note
+from distcheck.findings import Finding, Note, rank_list
 from distcheck.rules import activations, consistency, data, diff, gradients, init, loss, static, weights  # noqa: F401
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import RULES, Rule
@@ -100,11 +100,11 @@ def _across_ranks(results: list[Finding | Note], all_ranks: list[int], recorded:
             where = f" Every rank's series shows it (rank {first.ranks[0]} first): a job-wide cause."
         elif not others:
             where = (f" Every rank that records its {_SERIES[series]} shows it (rank {first.ranks[0]} first; rank(s) "
-                     f"{', '.join(map(str, silent))} record none): a job-wide cause.")
+                     f"{rank_list(silent)} record none): a job-wide cause.")
         else:
-            where = (f" Only rank(s) {', '.join(map(str, seen))} show it; the same series of rank(s) "
-                     f"{', '.join(map(str, others))} at the same steps do not: look at the data those ranks read."
-                     + (f" (Rank(s) {', '.join(map(str, silent))} record no {_SERIES[series]}.)" if silent else ""))
+            where = (f" Only rank(s) {rank_list(seen)} show it; the same series of rank(s) "
+                     f"{rank_list(others)} at the same steps do not: look at the data those ranks read."
+                     + (f" (Rank(s) {rank_list(silent)} record no {_SERIES[series]}.)" if silent else ""))
         out.append(replace(first, ranks=tuple(seen), message=first.message + where))
     return out
 
