@@ -204,3 +204,14 @@ def test_a_message_about_ten_thousand_ranks_stays_a_line():
     assert rank_list(range(10240)) == "0..10239"
     assert rank_list([*range(9), 20, 21, 22, 40]) == "0..8, 20..22, 40"
     assert rank_list(range(0, 8000, 8)) == "0, 8, 16, 24, 32, 40, 48, 56 and more (1000 ranks in all)"
+
+
+def test_batches_gathered_a_step_at_a_time_give_what_all_at_once_gives(tmp_path, monkeypatch):
+    from distcheck.analysis import data
+
+    make_run(str(tmp_path), "unsharded", size=3)
+    whole = _findings(tmp_path)
+    assert [f.code for f in whole] == ["data_not_sharded"]
+    monkeypatch.setattr(data, "BATCH_BUDGET", 1)  # one step a round
+    assert _findings(tmp_path) == whole
+    assert "(" in whole[0].message and "compared steps had duplicates" in whole[0].message

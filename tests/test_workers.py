@@ -27,7 +27,7 @@ def _findings(run_dir, *options, launcher=()):
     return proc.returncode, [(f["code"], f["step"], f["ranks"], f["params"]) for f in report["findings"]]
 
 
-@pytest.mark.parametrize("bug", ["nudge", "seed", "bn", "standalone"])
+@pytest.mark.parametrize("bug", ["nudge", "seed", "bn", "standalone", "unsharded"])
 def test_local_workers_find_what_one_process_finds(tmp_path, bug):
     make_run(str(tmp_path), bug, size=3)
     one = _findings(tmp_path)

@@ -7,6 +7,7 @@ import numpy as np
 
 from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, rank_list
+from distcheck.steps import rows_for
 from distcheck.store import schema
 
 
@@ -78,49 +79,81 @@ def input_nonfinite(run: Run) -> list[Finding]:
     return [Finding("input_nonfinite", Severity.ERROR, "data", first_step, tuple(origin), (), message)]
 
 
+#: Bytes of batch digests gathered from the shares at once (32 a rank a step).
+BATCH_BUDGET = 32 << 20
+
+
 def data_not_sharded(run: Run, groups: list[list[int]]) -> list[Finding]:
     """Replicas (each of ``groups`` is a set of ranks that replicate each other) that
-    received identical batches at the same step. Each share sends its ranks' batch
-    digests (32 bytes a rank a step); they are compared here, a step at a time."""
-    parts = run.on_shards(_batches_in_share, groups)
-    findings = []
+    received identical batches at the same step, among the steps every replica of the
+    group recorded a batch at. The shares send their ranks' batch digests a few steps at
+    a time (``BATCH_BUDGET``); they are compared here."""
+    recorded = run.on_shards(_batch_steps_in_share, groups)
+    common = []
     for g, members in enumerate(groups):
-        ranks, steps, digests = (np.concatenate([part[g][i] for part in parts]) for i in range(3))
-        recorded, times = np.unique(steps, return_counts=True)
-        common = recorded[(times == len(members)) & (recorded > 0)]  # step 0 is before training: no batch
-        keep = np.isin(steps, common)
-        ranks, steps, digests = ranks[keep], steps[keep], digests[keep]
-        order = np.lexsort((digests[:, 1], digests[:, 0], steps))
-        ranks, steps, digests = ranks[order], steps[order], digests[order]
-        same = (steps[1:] == steps[:-1]) & np.all(digests[1:] == digests[:-1], axis=1)
-        duplicate = np.zeros(len(steps), bool)
-        duplicate[1:] |= same
-        duplicate[:-1] |= same
-        dup_steps = np.unique(steps[duplicate])
-        if not len(dup_steps):
+        steps, where = np.unique(np.concatenate([part[g][0] for part in recorded]), return_inverse=True)
+        times = np.bincount(where, weights=np.concatenate([part[g][1] for part in recorded]), minlength=len(steps))
+        common.append(steps[(times == len(members)) & (steps > 0)])  # step 0 is before training: no batch
+    del recorded
+    per_round = max(1, BATCH_BUDGET // (32 * max(1, sum(len(m) for m in groups))))
+    duplicated: list[list[tuple[int, list[int]]]] = [[] for _ in groups]  # per group: (step, its culprits)
+    for lo in range(0, max((len(c) for c in common), default=0), per_round):
+        wanted = [c[lo:lo + per_round] for c in common]
+        parts = run.on_shards(_batches_in_share, list(zip(groups, wanted)))
+        for g in range(len(groups)):
+            duplicated[g].extend(_duplicates(*(np.concatenate([part[g][i] for part in parts]) for i in range(3))))
+    findings = []
+    for dups, compared in zip(duplicated, common):
+        if not dups:
             continue
-        first = int(dup_steps[0])
-        culprits = sorted(int(r) for r in ranks[duplicate & (steps == first)])
+        first, culprits = dups[0]
         message = (f"Rank(s) {rank_list(culprits)} received identical input batches at step "
-                   f"{first} ({len(dup_steps)} of {len(common)} compared steps had duplicates). Data-parallel "
+                   f"{first} ({len(dups)} of {len(compared)} compared steps had duplicates). Data-parallel "
                    "replicas should each read their own shard: pass num_shards=get_group_size() and "
                    "shard_id=get_rank() to the dataset, or use a DistributedSampler.")
         findings.append(Finding("data_not_sharded", Severity.WARNING, "data", first, tuple(culprits), (), message))
     return findings
 
 
-def _batches_in_share(share: Run, groups: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each group, (rank, step, batch digest) of every batch its ranks in this share recorded."""
+def _duplicates(ranks: np.ndarray, steps: np.ndarray, digests: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(step, the ranks that share a batch with another) of each step with a duplicate, in order."""
+    order = np.lexsort((digests[:, 1], digests[:, 0], steps))
+    ranks, steps, digests = ranks[order], steps[order], digests[order]
+    same = (steps[1:] == steps[:-1]) & np.all(digests[1:] == digests[:-1], axis=1)
+    duplicate = np.zeros(len(steps), bool)
+    duplicate[1:] |= same
+    duplicate[:-1] |= same
+    return [(int(step), sorted(int(r) for r in ranks[duplicate & (steps == step)]))
+            for step in np.unique(steps[duplicate])]
+
+
+def _batch_steps_in_share(share: Run, groups: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each group, the steps at which its ranks in this share recorded a batch, and
+    how many of them did at each."""
     out = []
     for members in groups:
-        ranks, steps, digests = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 2), np.uint64)]
+        steps = [np.zeros(0, np.int64)]
         for rank in members:
-            if rank not in share.readers:
+            if rank in share.readers:
+                reader = share.readers[rank]
+                steps.append(reader.steps[(reader.has() & schema.HAS_BATCH) != 0].astype(np.int64))
+        out.append(np.unique(np.concatenate(steps), return_counts=True))
+    return out
+
+
+def _batches_in_share(share: Run, wanted: list[tuple[list[int], np.ndarray]]
+                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each (group, steps): (rank, step, batch digest) of its ranks in this share at those steps."""
+    out = []
+    for members, steps in wanted:
+        ranks, at, digests = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 2), np.uint64)]
+        for rank in members:
+            if rank not in share.readers or not len(steps):
                 continue
             reader = share.readers[rank]
-            ok = (reader.has() & schema.HAS_BATCH) != 0
-            ranks.append(np.full(int(ok.sum()), rank, np.int64))
-            steps.append(reader.steps[ok].astype(np.int64))
-            digests.append(reader.batch_digests()[ok].astype(np.uint64))
-        out.append((np.concatenate(ranks), np.concatenate(steps), np.concatenate(digests)))
+            rows = rows_for(reader.steps, steps)
+            ranks.append(np.full(len(rows), rank, np.int64))
+            at.append(steps)
+            digests.append(reader.batch_digests()[rows].astype(np.uint64))
+        out.append((np.concatenate(ranks), np.concatenate(at), np.concatenate(digests)))
     return out
