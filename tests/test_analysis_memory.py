@@ -74,6 +74,30 @@ def test_a_loaded_run_keeps_a_few_kilobytes_per_rank(tmp_path):
     assert grown < 3000, grown
 
 
+def _share(share, _):
+    """What a worker holds: its ranks, and the bytes of their columns."""
+    return sorted(share.readers), share.readers.kept_bytes()
+
+
+def test_over_workers_each_holds_its_share_and_the_caller_an_index_without_series(tmp_path):
+    from distcheck.analysis.pools import ProcessPool
+
+    _write_run(tmp_path / "run", 60)
+    whole = load_run([str(tmp_path / "run")])
+    pool = ProcessPool(3)
+    try:
+        run = load_run([str(tmp_path / "run")], pool=pool)
+        shares = run.on_shards(_share)
+        assert [ranks for ranks, _ in shares] == [list(range(i, 60, 3)) for i in range(3)]
+        # The series are in the workers, a third each; here, only how each rank ended and its steps.
+        assert sum(held for _, held in shares) == whole.readers.kept_bytes()
+        assert run.readers.kept_bytes() < whole.readers.kept_bytes() / 3
+        run.close()
+    finally:
+        pool.close()
+        whole.close()
+
+
 def test_data_parallel_peers_of_thousands_of_ranks_need_no_set_per_rank():
     ranks = 4000
     run = SimpleNamespace(readers={r: None for r in range(ranks)})
