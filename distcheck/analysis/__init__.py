@@ -10,6 +10,7 @@ from distcheck.analysis.causes import LINK_WINDOW, link_causes
 from distcheck.analysis.data import data_not_sharded, input_nonfinite, loss_nonfinite
 from distcheck.analysis.divergence import (describe, episode_findings, group_steps, merge_classes, scan_group,
                                           share_classes)
+from distcheck.analysis.facts import Facts, gather_facts
 from distcheck.analysis.liveness import check_ranks
 from distcheck.analysis.run import InputError, Run, load_run
 from distcheck.analysis.pools import Pool, SerialPool
@@ -43,10 +44,10 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
     try:
         while True:
             try:
-                results: list[Finding | Note] = list(consistency(run, config))
+                facts = gather_facts(run)
+                results: list[Finding | Note] = list(consistency(run, config, facts))
                 for check in checks:
                     results.extend(check(run, config))
-                calls = training_calls(run)
                 break
             except DumpError as exc:  # damage found while reading: judge again without that rank
                 run.drop(exc)
@@ -54,14 +55,15 @@ def analyze(dirs: list[str], config: dict[str, Any], checks: Sequence[Check] = (
         notes = [n for n in results if isinstance(n, Note)]
         trainable = {p.name for params, _ in run.readers.distinct("params") for p in params if p.trainable}
         window = LINK_WINDOW * int(run.meta("every", 1) or 1)
+        calls = [facts.calls[segment] for segment in sorted(facts.calls)]
         findings = by_training_call(link_causes(findings, trainable, window), calls)
         return Analysis(summary(run, calls), sort_findings(findings), list(run.errors), notes)
     finally:
         run.close()
 
 
-def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
-    findings: list[Finding | Note] = list(check_ranks(run))
+def consistency(run: Run, config: dict[str, Any], facts: Facts) -> list[Finding | Note]:
+    findings: list[Finding | Note] = list(check_ranks(run, facts.ends))
     if not run.readers:
         return findings
     found, notes = comparisons(run, Declaration.parse(config.get("replica_groups")))
@@ -89,8 +91,8 @@ def consistency(run: Run, config: dict[str, Any]) -> list[Finding | Note]:
             episodes, params, comparison.label, len(comparison.group), run.meta("parallel_mode"), limit))
     del parts
     findings.extend(data_not_sharded(run, data_parallel_peers(run, found)))
-    findings.extend(loss_nonfinite(run))
-    findings.extend(input_nonfinite(run))
+    findings.extend(loss_nonfinite(facts))
+    findings.extend(input_nonfinite(facts))
     return findings
 
 
@@ -105,29 +107,6 @@ def gradients_not_recorded(run: Run) -> list[Note]:
     return [Note("gradients", tuple(ranks), f"Gradients {reason}. Gradient divergence cannot be told apart from "
                  "update divergence: a gradient that differs shows in the parameters after its update.")
             for reason, ranks in why.items()]
-
-
-def training_calls(run: Run) -> list[tuple[int, int]]:
-    """(first, last) run step of each training call (segment) recorded, in order."""
-    spans: dict[int, tuple[int, int]] = {}
-    for part in run.on_shards(_calls_in_share):
-        for seg, (lo, hi) in part.items():
-            old = spans.get(seg, (lo, hi))
-            spans[seg] = (min(old[0], lo), max(old[1], hi))
-    return [spans[s] for s in sorted(spans)]
-
-
-def _calls_in_share(share: Run, _) -> dict[int, tuple[int, int]]:
-    spans: dict[int, tuple[int, int]] = {}
-    for reader in share.readers.values():
-        if not reader.n_steps:
-            continue
-        segments, steps = reader.segments(), reader.steps
-        for seg in np.unique(segments):
-            inside = steps[segments == seg]
-            lo, hi = spans.get(int(seg), (int(inside[0]), int(inside[-1])))
-            spans[int(seg)] = (min(lo, int(inside[0])), max(hi, int(inside[-1])))
-    return spans
 
 
 def by_training_call(findings: list[Finding], calls: list[tuple[int, int]]) -> list[Finding]:

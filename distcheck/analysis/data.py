@@ -5,18 +5,16 @@ from typing import Optional
 
 import numpy as np
 
+from distcheck.analysis.facts import Facts
 from distcheck.analysis.run import Run
 from distcheck.findings import Finding, Severity, rank_list
 from distcheck.steps import rows_for
 from distcheck.store import schema
 
 
-def _first_bad(run: Run, series: str) -> tuple[Optional[int], list[int], dict[int, float]]:
-    """The first step at which a row of ``series`` (see :data:`_BAD_ROWS`) is bad on any
-    rank, the ranks bad there, and each bad rank's value at its own first bad row."""
-    firsts: dict[int, tuple[int, float]] = {}
-    for part in run.on_shards(_first_bad_in_share, series):
-        firsts.update(part)
+def _first_bad(firsts: dict[int, tuple[int, float]]) -> tuple[Optional[int], list[int], dict[int, float]]:
+    """Of each rank's first bad row (its step, its value), the first step any rank had
+    one at, the ranks that had one there, and each bad rank's value."""
     if not firsts:
         return None, [], {}
     first_step = min(step for step, _ in firsts.values())
@@ -24,37 +22,13 @@ def _first_bad(run: Run, series: str) -> tuple[Optional[int], list[int], dict[in
     return first_step, origin, {r: value for r, (_, value) in sorted(firsts.items())}
 
 
-def _first_bad_in_share(share: Run, series: str) -> dict[int, tuple[int, float]]:
-    """rank -> (its first bad step, its value there), for the share's ranks with one."""
-    bad_rows = _BAD_ROWS[series]
-    out = {}
-    for rank, reader in share.readers.items():
-        mask, value = bad_rows(reader)
-        bad = np.flatnonzero(mask)
-        if len(bad):
-            out[rank] = (int(reader.steps[bad[0]]), float(value[bad[0]]))
-    return out
-
-
-def _bad_losses(reader) -> tuple[np.ndarray, np.ndarray]:
-    return ((reader.has() & schema.HAS_LOSS) != 0) & ~np.isfinite(reader.loss()), reader.loss()
-
-
-def _bad_inputs(reader) -> tuple[np.ndarray, np.ndarray]:
-    counts = reader.input_counts()[:, :2].sum(axis=1)
-    return ((reader.has() & schema.HAS_BATCH) != 0) & (counts > 0), counts
-
-
-#: Per series, a rank's bad rows (a boolean row mask) and a value per row.
-_BAD_ROWS = {"loss": _bad_losses, "inputs": _bad_inputs}
-
-
-def loss_nonfinite(run: Run) -> list[Finding]:
+def loss_nonfinite(facts: Facts) -> list[Finding]:
     """The first step at which any rank's loss is NaN or Inf, and the ranks it was born on."""
-    first_step, origin, values = _first_bad(run, "loss")
+    first_step, origin, values = _first_bad(facts.first_bad["loss"])
     if first_step is None:
         return []
-    spread = sorted(r for r in values if r not in origin)
+    born = set(origin)
+    spread = sorted(r for r in values if r not in born)
     kinds = sorted({"NaN" if np.isnan(values[r]) else "Inf" for r in origin})
     message = (f"The loss is {'/'.join(kinds)} at step {first_step} on rank(s) {rank_list(origin)}, "
                "the first non-finite loss of the run.")
@@ -66,9 +40,9 @@ def loss_nonfinite(run: Run) -> list[Finding]:
     return [Finding("loss_nonfinite", Severity.ERROR, "loss", first_step, tuple(origin), (), message)]
 
 
-def input_nonfinite(run: Run) -> list[Finding]:
+def input_nonfinite(facts: Facts) -> list[Finding]:
     """The first step at which any rank's input batch held NaN or Inf, and those ranks."""
-    first_step, origin, counts = _first_bad(run, "inputs")
+    first_step, origin, counts = _first_bad(facts.first_bad["inputs"])
     if first_step is None:
         return []
     held = ", ".join(f"rank {r}: {int(counts[r])}" for r in origin)

@@ -133,14 +133,12 @@ def _library(path: str) -> bool:
             or "/distcheck/" in parts or parts.startswith("<"))
 
 
-def check_ranks(run: Run) -> list[Finding]:
+def check_ranks(run: Run, ends: dict[int, RankEnd]) -> list[Finding]:
+    """Ranks missing, whose probe stopped, and the rank to blame when the job did not
+    finish, from how each rank ended (``ends``, see :func:`rank_end`)."""
     findings = _missing(run)
     if not run.readers:
         return findings
-    found: dict[int, RankEnd] = {}
-    for part in run.on_shards(_ends_in_share):
-        found.update(part)
-    ends = {r: found[r] for r in run.readers}
     recording = [e.rank for e in ends.values() if e.status != Status.RECORDING_STOPPED]
     for end in ends.values():
         if end.status == Status.RECORDING_STOPPED:
@@ -169,10 +167,6 @@ def check_ranks(run: Run) -> list[Finding]:
         unfinished = early
     findings.append(_blame(ends, unfinished, job))
     return findings
-
-
-def _ends_in_share(share: Run, _) -> dict[int, RankEnd]:
-    return {r: rank_end(reader) for r, reader in share.readers.items()}
 
 
 def _end_unknown(e: RankEnd, ends: dict[int, RankEnd]) -> bool:
