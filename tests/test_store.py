@@ -274,3 +274,46 @@ def test_dumps_written_before_integer_counts_still_read(tmp_path):
     with DumpReader(path) as r:
         assert r.n_steps == 4 and r.counts("param").shape == (4, 2, 2)
         assert r.counts("param").sum() == 0 and r.input_counts().shape == (4, 3)
+
+
+def _outcome(call):
+    """What a read gives (its type, dtype, shape and values), or the error it raises."""
+    try:
+        value = call()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    array = np.asarray(value)
+    return type(value).__name__, array.dtype.str, array.shape, array.tolist()
+
+
+def test_validation_reads_answer_as_h5py_high_level_objects_do(tmp_path):
+    """Validation reads through h5py's low-level API: its answers, errors included, must be
+    those of the high-level calls the reader made before."""
+    from distcheck.store.reader import _attr, _Datasets
+
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f["big_endian"] = np.arange(6, dtype=">f8").reshape(3, 2)
+        f["flags"] = np.array([True, False, True])
+        f.create_dataset("names", data=["a", "bé"], dtype=h5py.string_dtype())
+        f["fixed"] = np.array([b"xy", b"z"], dtype="S4")
+        f["scalar"] = np.int64(3)
+        f.create_dataset("no_rows", shape=(0, 4), maxshape=(None, 4), dtype="f4")
+        f["pairs"] = np.zeros(2, [("a", "i4"), ("b", "f8")])
+        f.create_group("group")
+        f["dangling"] = h5py.SoftLink("/nowhere")
+        f.attrs.update({"text": "distcheck.dump", "bytes": np.bytes_(b"x"), "number": 7, "real": 2.5,
+                        "array": np.arange(3), "empty": h5py.Empty("f8")})
+    with h5py.File(path, "r") as f:
+        datasets = _Datasets(f)
+        for name in ("big_endian", "flags", "names", "fixed", "scalar", "no_rows", "pairs", "group", "dangling",
+                     "missing"):
+            assert datasets.has(name) == (name in f), name
+            assert _outcome(lambda: datasets.shape(name)) == _outcome(lambda: h5py.h5d.open(f.id, name.encode()).shape)
+            assert _outcome(lambda: datasets.high_level_shape(name)) == _outcome(lambda: f[name].shape), name
+            for selection in ((), 0, 2, -1, slice(0, 2), slice(1, 1), slice(0, 9), np.array([0, 1])):
+                assert _outcome(lambda: datasets.read(name, selection)) == _outcome(lambda: f[name][selection]), \
+                    (name, selection)
+        for name in ("text", "bytes", "number", "real", "array", "empty", "missing"):
+            assert _outcome(lambda: _attr(f["/"], name, "default")) == _outcome(lambda: f.attrs.get(name, "default"))
+            assert _outcome(lambda: _attr(f["/"], name)) == _outcome(lambda: f.attrs[name]), name

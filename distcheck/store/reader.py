@@ -11,6 +11,7 @@ setting in libhdf5 (:mod:`distcheck.store.libhdf5`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -124,74 +125,78 @@ class DumpReader:
     # -- validation --------------------------------------------------------------
     def _validate(self) -> None:
         f = self._file
-        fmt = f.attrs.get("format")
+        datasets = _Datasets(f)  # validation asks several things of most datasets: open each once
+        root = f["/"]  # the group of the file's attributes, opened once (each f.attrs opens it)
+        fmt = _attr(root, "format", None)
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
         if fmt != schema.FORMAT:
             raise DumpError(self.path, "not a distcheck dump (no 'format' attribute of "
                             f"'{schema.FORMAT}')", "only rank_NNNNN.h5 files written by distcheck belong in a run directory")
-        version = int(f.attrs.get("format_version", -1))
+        version = int(_attr(root, "format_version", -1))
         if version > schema.VERSION:
             raise DumpError(self.path, f"format version {version} is newer than this distcheck reads "
                             f"({schema.VERSION})", "upgrade distcheck")
         if version < schema.OLDEST_VERSION:
             raise DumpError(self.path, f"bad format version {version}")
         self.version = version
-        self.rank = int(f.attrs["rank"])
-        self.world_size = int(f.attrs["world_size"])
+        self.rank = int(_attr(root, "rank"))
+        self.world_size = int(_attr(root, "world_size"))
         if not 0 <= self.rank < self.world_size <= MAX_WORLD_SIZE:
             raise DumpError(self.path, f"impossible rank {self.rank} of world size {self.world_size}")
-        self.meta = json.loads(_text(f.attrs.get("meta", "{}")))
+        self.meta = json.loads(_text(_attr(root, "meta", "{}")))
         if not isinstance(self.meta, dict):
             raise DumpError(self.path, "the 'meta' attribute is not a JSON object")
-        names = [_text(x) for x in f["params/name"][()]]
-        shapes = [tuple(json.loads(_text(x))) for x in f["params/shape"][()]]
-        dtypes = [_text(x) for x in f["params/dtype"][()]]
-        trainable = f["params/trainable"][()].astype(bool)
-        has_grad = f["params/has_grad"][()].astype(bool)
+        names = [_text(x) for x in datasets.read("params/name", ())]
+        shapes = [_param_shape(_text(x)) for x in datasets.read("params/shape", ())]
+        dtypes = [_text(x) for x in datasets.read("params/dtype", ())]
+        trainable = datasets.read("params/trainable", ()).astype(bool)
+        has_grad = datasets.read("params/has_grad", ()).astype(bool)
         if not (len(names) == len(shapes) == len(dtypes) == len(trainable) == len(has_grad)):
             raise DumpError(self.path, "parameter tables have different lengths")
         self.params = [ParamInfo(n, s, d, bool(t), bool(g))
                        for n, s, d, t, g in zip(names, shapes, dtypes, trainable, has_grad)]
-        self.activations = list(zip((_text(x) for x in f["act/name"][()]), (_text(x) for x in f["act/kind"][()])))
+        self.activations = list(zip((_text(x) for x in datasets.read("act/name", ())),
+                                    (_text(x) for x in datasets.read("act/kind", ()))))
         layout = schema.step_layout(len(self.params), len(self.activations))
         lengths = []
         for path, (tail, _, _) in layout.items():
-            if path not in f and (path in schema.OPTIONAL_IN_2 or (version < 2 and path in schema.ADDED_IN_2)):
+            if not datasets.has(path) and (path in schema.OPTIONAL_IN_2 or (version < 2 and path in schema.ADDED_IN_2)):
                 continue
-            shape = _shape(f, path)
+            shape = datasets.shape(path)
             if tuple(shape[1:]) != tuple(tail):
                 raise DumpError(self.path, f"dataset {path} has rows of shape {shape[1:]}, expected {tail}")
             lengths.append(shape[0])
         for path in (schema.LABEL_COUNTS, schema.HEARTBEAT, schema.STATUS, schema.STATUS_MESSAGE):
-            if path not in f:
+            if not datasets.has(path):
                 raise DumpError(self.path, f"dataset {path} is missing")
         # A write cut short by a crash can leave datasets of unequal length: trust the shortest.
         self.n_steps = min(lengths)
-        self.steps = f[schema.STEP][: self.n_steps].astype(np.int64)
+        self.steps = datasets.read(schema.STEP, slice(0, self.n_steps)).astype(np.int64)
         backwards = np.flatnonzero(np.diff(self.steps) <= 0)
         if len(backwards):  # only files of older versions: the recorder numbers steps across segments
             i = int(backwards[0]) + 1
             self.problems.append(f"{self.path}: recorded step {int(self.steps[i])} follows step "
                                  f"{int(self.steps[i - 1])}; only the {i} rows before it are analysed")
             self.n_steps, self.steps = i, self.steps[:i]
-        code = int(f[schema.STATUS][0])
+        code = int(datasets.read(schema.STATUS, 0))
         self.status = Status(code) if code in Status._value2member_map_ else Status.RUNNING
-        self.status_message = _text(f[schema.STATUS_MESSAGE][0]).rstrip("\x00")
-        self.status_signal = int(f[schema.STATUS_SIGNAL][0]) if schema.STATUS_SIGNAL in f else 0
+        self.status_message = _text(datasets.read(schema.STATUS_MESSAGE, 0)).rstrip("\x00")
+        self.status_signal = int(datasets.read(schema.STATUS_SIGNAL, 0)) if datasets.has(schema.STATUS_SIGNAL) else 0
         # How the rank ended, read now while the file is open: every analysis asks.
-        self._attrs = {key: _plain(f.attrs[key]) for key in _PREFETCHED_ATTRS if key in f.attrs}
-        beats = _shape(f, schema.HEARTBEAT)[0]
-        self._last_beat = f[schema.HEARTBEAT][beats - 1] if beats else None
+        self._attrs = {key: _plain(_attr(root, key)) for key in _PREFETCHED_ATTRS
+                       if h5py.h5a.exists(root.id, key.encode())}
+        beats = datasets.shape(schema.HEARTBEAT)[0]
+        self._last_beat = datasets.read(schema.HEARTBEAT, beats - 1) if beats else None
         stacks = (schema.STACK_TIME, schema.STACK_STEP, schema.STACK_PHASE, schema.STACK_TEXT)
         try:
-            self._n_stacks = min(_shape(f, p)[0] for p in stacks)
+            self._n_stacks = min(datasets.shape(p)[0] for p in stacks)
         except KeyError:  # a version 1 dump (no stacks), or a damaged one: none to show
             self._n_stacks = 0
-        self._replicas = self._read_replicas()  # every analysis asks, a rank at a time
+        self._replicas = self._read_replicas(datasets)  # every analysis asks, a rank at a time
         if self.n_steps <= PREFETCH_STEPS:  # small per-step series: read now, while the file is open
             for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST, schema.TIME):
-                self.series(path)
+                self._series[path] = self._read_series(path, datasets)
 
     # -- small series ------------------------------------------------------------
     @property
@@ -210,11 +215,14 @@ class DumpReader:
     def series(self, path: str) -> np.ndarray:
         """A whole per-step series of scalars or small rows (read once, then cached)."""
         if path not in self._series:
-            if path in schema.ADDED_IN_2 and path not in self._file:
-                self._series[path] = np.full(self.n_steps, schema.ADDED_IN_2[path])
-            else:
-                self._series[path] = self._read(path, slice(0, self.n_steps))
+            self._series[path] = self._read_series(path, _Datasets(self._file))
         return self._series[path]
+
+    def _read_series(self, path: str, datasets: _Datasets) -> np.ndarray:
+        """A whole per-step series, or its value in dumps older than it."""
+        if path in schema.ADDED_IN_2 and not datasets.has(path):
+            return np.full(self.n_steps, schema.ADDED_IN_2[path])
+        return self._read(path, slice(0, self.n_steps), datasets)
 
     def segments(self) -> np.ndarray:
         """(N,) the training segment of each row: 0, then 1 after the first restart of
@@ -248,16 +256,17 @@ class DumpReader:
                 for i, m, s in zip(replicas["rows"], replicas["members"], replicas["sources"])}
         return [rows.get(int(i)) for i in replicas["index"]]
 
-    def _read_replicas(self) -> dict[str, np.ndarray]:
+    def _read_replicas(self, datasets: Optional[_Datasets] = None) -> dict[str, np.ndarray]:
         """The recorded replica groups: each parameter's row (``index``), and the rows it
         uses (``rows``, their ``members`` and ``sources``); empty in dumps without them."""
-        if schema.REPLICA_GROUP not in self._file:
+        datasets = datasets or _Datasets(self._file)
+        if not datasets.has(schema.REPLICA_GROUP):
             return {}
-        index = self._read(schema.REPLICA_GROUP, ())
-        sources = self._read(schema.REPLICA_SOURCE, ())
+        index = self._read(schema.REPLICA_GROUP, (), datasets)
+        sources = self._read(schema.REPLICA_SOURCE, (), datasets)
         rows = np.array([i for i in np.unique(index) if 0 <= i < len(sources) and sources[i]], np.int64)
-        members = (self._read(schema.REPLICA_MEMBERS, rows) if len(rows) else
-                   np.zeros((0, self._file[schema.REPLICA_MEMBERS].shape[1]), np.uint8))
+        members = (self._read(schema.REPLICA_MEMBERS, rows, datasets) if len(rows) else
+                   np.zeros((0, datasets.high_level_shape(schema.REPLICA_MEMBERS)[1]), np.uint8))
         return {"index": index, "rows": rows, "members": members, "sources": sources[rows]}
 
     def skipped(self) -> np.ndarray:
@@ -377,10 +386,11 @@ class DumpReader:
             raise DumpError(self.path, f"damaged data in {path}: {exc}",
                             "this rank was left out of the analysis; re-run the job") from None
 
-    def _read(self, path: str, selection):
-        """Read from a dataset; damage found only now becomes a :class:`DumpError`."""
+    def _read(self, path: str, selection, datasets: Optional[_Datasets] = None):
+        """Read from a dataset (of ``datasets``, those of the open file if not given);
+        damage found only now becomes a :class:`DumpError`."""
         try:
-            return self._file[path][selection]
+            return (datasets or _Datasets(self._file)).read(path, selection)
         except Exception as exc:
             raise DumpError(self.path, f"damaged data in {path}: {exc}",
                             "this rank was left out of the analysis; re-run the job") from None
@@ -446,10 +456,138 @@ def _heartbeat(row: np.ndarray) -> Heartbeat:
 _PREFETCHED_ATTRS = ("hostname", "pid", "job_id")
 
 
-def _shape(f: h5py.File, path: str) -> tuple[int, ...]:
-    """A dataset's shape, without h5py's high-level object: validating a thousand files
-    asks for tens of thousands of shapes."""
-    return h5py.h5d.open(f.id, path.encode()).shape
+class _Datasets:
+    """The datasets of an open file, each opened once and read through h5py's low-level API.
+
+    Validating a file asks some sixty things of about thirty-five datasets; through h5py's
+    high-level objects (a Dataset built for each question, ``path in file`` walking the
+    path again) that took twice the time HDF5 itself needs. Each method answers as the
+    high-level call in its docstring does, errors included: whatever is out of the
+    ordinary (a dataset that does not open, a type or selection other than the plain
+    ones) is left to that call.
+    """
+
+    def __init__(self, f: h5py.File) -> None:
+        self._file = f
+        self._ids: dict[str, h5py.h5d.DatasetID] = {}
+
+    def open(self, path: str) -> h5py.h5d.DatasetID:
+        """The dataset at ``path``, opened on first use; fails as ``h5py.h5d.open``."""
+        dsid = self._ids.get(path)
+        if dsid is None:
+            dsid = self._ids[path] = h5py.h5d.open(self._file.id, path.encode())
+        return dsid
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        """The dataset's shape, as ``h5py.h5d.open(fid, path).shape``."""
+        return self.open(path).shape
+
+    def has(self, path: str) -> bool:
+        """``path in file``."""
+        return self._try_open(path) is not None or path in self._file
+
+    def high_level_shape(self, path: str) -> tuple[int, ...]:
+        """``file[path].shape``."""
+        dsid = self._try_open(path)
+        return self._file[path].shape if dsid is None else dsid.shape
+
+    def read(self, path: str, selection):
+        """``file[path][selection]``."""
+        dsid = self._try_open(path)
+        if dsid is None:
+            return self._file[path][selection]
+        value = _read_plain(dsid, selection)
+        return h5py.Dataset(dsid, readonly=True)[selection] if value is None else value
+
+    def _try_open(self, path: str) -> Optional[h5py.h5d.DatasetID]:
+        """The dataset, or None where it does not open (missing, a group, damaged): then
+        the high-level objects find what is there, or fail their own way."""
+        try:
+            return self.open(path)
+        except Exception:
+            return None
+
+
+def _read_plain(dsid: h5py.h5d.DatasetID, selection) -> Optional[np.ndarray]:
+    """``selection`` of the dataset as h5py's high-level read gives it, for what the reader
+    reads: numbers, booleans or strings, all rows ``()``, a range of rows ``slice(start,
+    stop)`` or one row (an int). None for anything else (a scalar or empty dataspace, a
+    compound type, another selection), which the high-level read takes."""
+    dtype = dsid.dtype
+    if dtype.kind not in "biuf" and h5py.check_string_dtype(dtype) is None:
+        return None
+    space = dsid.get_space()
+    shape = space.get_simple_extent_dims()
+    if not shape:
+        return None
+    if isinstance(selection, tuple) and not selection:
+        start, stop = 0, shape[0]
+    elif (isinstance(selection, slice) and selection.step is None and isinstance(selection.start, int)
+          and isinstance(selection.stop, int) and 0 <= selection.start <= selection.stop <= shape[0]):
+        start, stop = selection.start, selection.stop
+    elif isinstance(selection, int) and 0 <= selection < shape[0]:
+        start, stop = selection, selection + 1
+    else:
+        return None
+    count = (stop - start, *shape[1:])
+    values = np.zeros(count, dtype)
+    # With no elements selected, h5py still asks HDF5 for numbers (its fast path), not for other values.
+    if values.size or isinstance(dsid.get_type(), (h5py.h5t.TypeIntegerID, h5py.h5t.TypeFloatID)):
+        if count == shape:
+            dsid.read(h5py.h5s.ALL, space, values, _memory_type(dtype))
+        else:
+            space.select_hyperslab((start,) + (0,) * (len(shape) - 1), count)
+            dsid.read(h5py.h5s.create_simple(count), space, values, _memory_type(dtype))
+    return values[0] if isinstance(selection, int) else values
+
+
+#: The HDF5 memory types values are read into (see :func:`_memory_type`).
+_MEMORY_TYPES: dict = {}
+
+
+def _memory_type(dtype: np.dtype) -> h5py.h5t.TypeID:
+    """The HDF5 type h5py reads ``dtype`` into, built once: building it costs more than
+    reading a few hundred numbers. A string's is keyed by its encoding and length, which
+    the dtype keeps in metadata that dtypes do not compare."""
+    key = dtype if dtype.kind in "biuf" else h5py.check_string_dtype(dtype)
+    mtype = _MEMORY_TYPES.get(key)
+    if mtype is None:
+        mtype = h5py.h5t.py_create(dtype)
+        if key is not None:
+            _MEMORY_TYPES[key] = mtype
+    return mtype
+
+
+#: ``default`` of :func:`_attr` for an attribute that must be there.
+_REQUIRED = object()
+
+
+def _attr(group: h5py.Group, name: str, default=_REQUIRED):
+    """``group.attrs.get(name, default)`` (``group.attrs[name]`` without a default), read
+    through h5py.h5a for the scalar numbers and strings a dump holds: half the cost."""
+    try:
+        attr = h5py.h5a.open(group.id, name.encode())
+        if attr.shape != ():
+            return group.attrs[name]  # an array, or empty: as h5py makes it
+        dtype = attr.dtype
+        if dtype.kind not in "biuf" and h5py.check_string_dtype(dtype) is None:
+            return group.attrs[name]
+        value = np.zeros((), dtype)
+        attr.read(value, _memory_type(dtype))
+    except KeyError:  # not there (Mapping.get, as h5py's)
+        if default is _REQUIRED:
+            raise
+        return default
+    if dtype.kind == "O":  # a variable-length string, which h5py gives as str
+        return value[()].decode("utf-8", "surrogateescape")
+    return value[()]
+
+
+@functools.lru_cache(maxsize=4096)
+def _param_shape(text: str) -> tuple:
+    """A parameter's shape from its JSON text, parsed once: every rank of a run records
+    the same few shapes."""
+    return tuple(json.loads(text))
 
 
 def _plain(value):
