@@ -197,6 +197,8 @@ class DumpReader:
         if self.n_steps <= PREFETCH_STEPS:  # small per-step series: read now, while the file is open
             for path in (schema.HAS, schema.LOSS, schema.ROLLUP, schema.SEGMENT, schema.BATCH_DIGEST, schema.TIME):
                 self._series[path] = self._read_series(path, datasets)
+            if datasets.has(schema.INPUT_COUNTS):  # whether a batch held NaN or Inf: every analysis asks
+                self._series[schema.INPUT_COUNTS] = self._read_series(schema.INPUT_COUNTS, datasets)
 
     # -- small series ------------------------------------------------------------
     @property
@@ -324,7 +326,7 @@ class DumpReader:
     def input_counts(self) -> np.ndarray:
         """(N, 3) int64 NaN, Inf and element counts of the batch's inputs, exact
         (:data:`schema.INPUT_COUNT_COLUMNS`)."""
-        if self._has(schema.INPUT_COUNTS):
+        if schema.INPUT_COUNTS in self._series or self._has(schema.INPUT_COUNTS):
             return self.series(schema.INPUT_COUNTS)
         columns = [schema.INPUT_COLUMNS.index(c) for c in schema.INPUT_COUNT_COLUMNS]
         return np.nan_to_num(self.input_stats()[:, columns]).astype(np.int64)
