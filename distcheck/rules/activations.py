@@ -19,8 +19,10 @@ _SATURATED, _ZERO = schema.ACT_COLUMNS.index("saturated"), schema.ACT_COLUMNS.in
 def _taps_above(rank: RankData, code: str, kinds: tuple[str, ...], column: int, fraction: float,
                 template: str) -> list:
     """One finding naming the taps of ``kinds`` whose median ``column`` exceeds ``fraction``."""
+    if not rank.activations:
+        return []
     recorded = (rank.has & schema.HAS_ACTS) != 0
-    if not recorded.any() or not rank.activations:
+    if not recorded.any():
         return []
     median = np.nanmedian(rank.act_stats[recorded][:, :, column].astype(np.float64), axis=0)
     hit = [i for i, (_, kind) in enumerate(rank.activations) if kind in kinds and median[i] > fraction]

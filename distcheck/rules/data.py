@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from distcheck.findings import Note, Severity
-from distcheck.rules.rankdata import RankData
+from distcheck.rules.rankdata import RankData, median
 from distcheck.rules.registry import finding, rule
 from distcheck.store import schema
 
@@ -21,7 +21,7 @@ def label_source(rank: RankData) -> str:
 
 
 def _batches(rank: RankData, table: np.ndarray) -> np.ndarray:
-    recorded = ((rank.has & schema.HAS_BATCH) != 0) & np.all(np.isfinite(table[:, :3]), axis=1)
+    recorded = rank.batch_mask & np.all(np.isfinite(table[:, :3]), axis=1)
     return table[recorded].astype(np.float64)
 
 
@@ -44,10 +44,12 @@ def input_not_normalized(rank: RankData, settings: dict):
     Fix: standardise the inputs ((x - mean) / std over the training set), with the same
     constants at inference.
     """
+    if not rank.batch_mask.any():  # no batch recorded: the inputs' statistics are left unread
+        return []
     rows = _batches(rank, rank.input_stats)
     if not len(rows):
         return []
-    mean, std = float(np.median(rows[:, _IN["mean"]])), float(np.median(rows[:, _IN["std"]]))
+    mean, std = median(rows[:, _IN["mean"]]), median(rows[:, _IN["std"]])
     problems = []
     if abs(mean) > settings["max_abs_mean"]:
         problems.append(f"mean {mean:.3g}")
@@ -139,11 +141,11 @@ def data_not_shuffled(rank: RankData, settings: dict):
     Fix: shuffle the data set (``shuffle=True``, or ``dataset.shuffle(buffer_size)`` with a
     buffer as large as the data set).
     """
+    classes = np.count_nonzero(rank.label_counts[: schema.MAX_CLASSES])
+    if classes < 2 or np.count_nonzero(rank.batch_mask) < 4:  # the labels' statistics are read only if needed
+        return []
     rows = _batches(rank, rank.label_stats)
     if len(rows) < 4:
-        return []
-    classes = np.count_nonzero(rank.label_counts[: schema.MAX_CLASSES])
-    if classes < 2:
         return []
     pure = rows[:, _LB["purity"]] >= settings["purity"]
     share = float(np.mean(pure))

@@ -1,19 +1,14 @@
 """Rules on the initial weights (step 0)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from distcheck.findings import Severity
 from distcheck.rules.rankdata import RankData
 from distcheck.rules.registry import finding, rule
-
-
-def _step0(rank: RankData):
-    zero = np.flatnonzero(rank.steps == 0)
-    if not len(zero):
-        return None
-    i = int(zero[0])
-    return rank.row("param", i, ("min", "max", "mean", "l2"))
+from distcheck.store.schema import ParamInfo
 
 
 def _matrices(rank: RankData) -> list[int]:
@@ -38,10 +33,11 @@ def init_all_zero(rank: RankData, settings: dict):
 
     Fix: use a random initialiser (HeUniform, XavierUniform, Normal) for weights.
     """
-    s = _step0(rank)
-    if s is None:
+    matrices = _matrices(rank)
+    if not matrices or rank.step0 is None:  # nothing to judge: step 0 is left unread
         return []
-    hit = [i for i in _matrices(rank) if s["min"][i] == 0 and s["max"][i] == 0]
+    zero = ((rank.step0["min"] == 0) & (rank.step0["max"] == 0)).tolist()
+    hit = [i for i in matrices if zero[i]]
     if not hit:
         return []
     names = [rank.name(i) for i in hit]
@@ -63,6 +59,11 @@ def _is_norm(name: str) -> bool:
     return any(marker in leaf for marker in _NORMALISATION)
 
 
+def _is_layer(p: ParamInfo) -> bool:
+    """A weight matrix whose scale is a layer's gain (see :data:`_NOT_LAYERS`)."""
+    return p.trainable and len(p.shape) >= 2 and p.size > 1 and not any(m in p.name.lower() for m in _NOT_LAYERS)
+
+
 def layer_gains(rank: RankData, s: dict) -> list[tuple[int, float, float]]:
     """(column, var x fan-in, excess amplitude gain) of each weight matrix, in order.
 
@@ -71,17 +72,19 @@ def layer_gains(rank: RankData, s: dict) -> list[tuple[int, float, float]]:
     sqrt(v / 2) above it, sqrt(v / (1/3)) below it.
     """
     out = []
+    low, high, l2, mean = (s[stat].tolist() for stat in ("min", "max", "l2", "mean"))  # Python floats, read fast
     for i, p in enumerate(rank.params):
-        if not (p.trainable and len(p.shape) >= 2 and p.size > 1) or any(m in p.name.lower() for m in _NOT_LAYERS):
+        if not _is_layer(p):
             continue
-        if s["min"][i] == 0 and s["max"][i] == 0:
+        if low[i] == 0 and high[i] == 0:
             continue  # init_all_zero's
         n = float(p.size)
-        v = max(float(s["l2"][i]) ** 2 / n - float(s["mean"][i]) ** 2, 0.0) * (n / p.shape[0])
-        if not np.isfinite(v) or v <= 0:
+        v = max(l2[i] ** 2 / n - mean[i] ** 2, 0.0) * (n / p.shape[0])
+        if not math.isfinite(v) or v <= 0:
             continue
-        excess = np.sqrt(v / HEALTHY_HIGH) if v > HEALTHY_HIGH else np.sqrt(v / HEALTHY_LOW) if v < HEALTHY_LOW else 1.0
-        out.append((i, v, float(excess)))
+        excess = (math.sqrt(v / HEALTHY_HIGH) if v > HEALTHY_HIGH else
+                  math.sqrt(v / HEALTHY_LOW) if v < HEALTHY_LOW else 1.0)
+        out.append((i, v, excess))
     return out
 
 
@@ -126,11 +129,10 @@ def init_poor(rank: RankData, settings: dict):
     Fix: initialise with a width-aware scheme (HeNormal for ReLU, XavierUniform for
     tanh/sigmoid), or put normalisation layers between the weights.
     """
-    s = _step0(rank)
-    if s is None:
+    if not any(map(_is_layer, rank.params)) or rank.step0 is None:  # nothing to judge: step 0 is left unread
         return []
     found = []
-    for chain in chains(rank, layer_gains(rank, s)):
+    for chain in chains(rank, layer_gains(rank, rank.step0)):
         gain = float(np.prod([e for _, _, e in chain]))
         if settings["min_gain"] <= gain <= settings["max_gain"]:
             continue

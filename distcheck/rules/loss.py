@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from distcheck.findings import Note, Severity
-from distcheck.rules.rankdata import RankData
+from distcheck.rules.rankdata import RankData, median, row_nanmedians, windows
 from distcheck.rules.registry import document, finding, rule
 
 document("loss_nonfinite", Severity.ERROR, "loss", "the loss is NaN or Inf: the first step and the rank(s)", """
@@ -42,17 +41,12 @@ document("input_nonfinite", Severity.ERROR, "data", "a batch held NaN or Inf: th
     """)
 
 
-def _training_loss(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
-    ok = rank.loss_mask & (rank.steps > 0)
-    return rank.steps[ok], rank.loss[ok]
-
-
 def rolling_median(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing median over ``window`` values (fewer at the start)."""
+    """Trailing median over ``window`` finite values (fewer at the start)."""
     if not len(values):
         return np.zeros(0)
     padded = np.concatenate([np.full(window - 1, np.nan), np.asarray(values, np.float64)])
-    return np.nanmedian(sliding_window_view(padded, window), axis=1)
+    return row_nanmedians(windows(padded, window))
 
 
 @rule("loss_diverging", Severity.ERROR, "loss", "the smoothed loss runs away from its running minimum")
@@ -83,12 +77,14 @@ def loss_diverging(rank: RankData, settings: dict):
     Fix: lower the learning rate (by 10x to start), add warm-up or gradient clipping,
     normalise the inputs, check the initialisation scale.
     """
-    steps, loss = _training_loss(rank)
+    steps, loss = rank.training_loss
     finite = np.isfinite(loss)
     steps, loss = steps[finite], loss[finite]
     if len(loss) < 4:
         return []
     window = max(1, min(int(settings["window"]), len(loss) // 4))
+    if loss.max() - loss.min() <= settings["min_delta"]:  # medians lie within the values: none can rise more
+        return []
     smooth = rolling_median(loss, window)
     run_min = np.minimum.accumulate(smooth)
     rise = smooth - run_min
@@ -127,7 +123,7 @@ def loss_not_decreasing(rank: RankData, settings: dict):
     Fix: check the learning rate and that every layer's weights change (weights_not_updated,
     update_ratio_small), then the gradients (grad_vanishing) and the data.
     """
-    steps, loss = _training_loss(rank)
+    steps, loss = rank.training_loss
     if not len(loss):  # no loss recorded here (a non-last pipeline stage, a probe that failed)
         return []
     loss = loss[np.isfinite(loss)]
@@ -136,7 +132,7 @@ def loss_not_decreasing(rank: RankData, settings: dict):
                      f"loss trend not judged: {len(loss)} finite recorded loss(es), {int(settings['min_steps'])} are "
                      "needed (rules.loss_not_decreasing.min_steps)")]
     w = max(int(settings["window"]), len(loss) // 10)
-    first, last = float(np.median(loss[:w])), float(np.median(loss[-w:]))
+    first, last = median(loss[:w]), median(loss[-w:])
     if last <= first - settings["min_decrease"] * abs(first):
         return []
     return [finding("loss_not_decreasing", int(steps[-1]), [rank.rank], [],
@@ -162,7 +158,7 @@ def loss_zero(rank: RankData, settings: dict):
 
     Fix: check what the loss function receives at that step: shapes, labels, masks.
     """
-    steps, loss = _training_loss(rank)
+    steps, loss = rank.training_loss
     zero = loss == 0.0
     if not zero.any():
         return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from distcheck.findings import Note, Severity, name_list
-from distcheck.rules.rankdata import RankData
+from distcheck.rules.rankdata import RankData, row_nanmedians
 from distcheck.rules.registry import finding, rule
 
 
@@ -26,7 +26,7 @@ def weights_not_updated(rank: RankData, settings: dict):
     Fix: pass every trainable parameter to the optimizer (or set requires_grad=False on
     purpose), check the learning rate, check that the layer is used in construct.
     """
-    updates = int(np.count_nonzero(rank.steps > 0))
+    updates = int(np.count_nonzero(rank.training))
     if updates < settings["min_steps"]:
         return []
     still = [i for i, p in enumerate(rank.params) if p.trainable and not rank.changed[i]]
@@ -86,21 +86,6 @@ def updates_skipped(rank: RankData, settings: dict):
                     "scale. Find where the first NaN or Inf appears and guard it.")]
 
 
-def update_ratios(rank: RankData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, ratios (steps, W), weight columns): ``|w_s - w_prev| / |w_prev|`` at each
-    recorded step after the first, for weight matrices (2 or more dimensions). NaN where
-    the previous norm is 0 (an all-zero start is init_all_zero's finding) or unknown."""
-    cols = np.array([i for i, p in enumerate(rank.params) if p.trainable and len(p.shape) >= 2], int)
-    if not len(cols) or len(rank.steps) < 2:
-        return np.zeros(0, np.int64), np.zeros((0, len(cols))), cols
-    delta = rank.column("param", "delta_l2")[1:, cols].astype(np.float64)
-    before = rank.column("param", "l2")[:-1, cols].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(before > 0, delta / before, np.nan)
-    ratio[~np.isfinite(ratio)] = np.nan
-    return rank.steps[1:], ratio, cols
-
-
 @rule("update_ratio_small", Severity.WARNING, "param", "|dw|/|w| per step is tiny: weights change too little")
 def update_ratio_small(rank: RankData, settings: dict):
     """
@@ -119,14 +104,14 @@ def update_ratio_small(rank: RankData, settings: dict):
 
     Fix: raise the learning rate, check the schedule, check grad_vanishing.
     """
-    _, ratio, cols = update_ratios(rank)
+    _, ratio, cols = rank.update_ratios
     known = ~np.isnan(ratio).all(axis=0) if len(ratio) else np.zeros(len(cols), bool)
     if not known.any():
         return []
     median = np.full(len(cols), np.nan)
-    median[known] = np.nanmedian(ratio[:, known], axis=0)
+    median[known] = row_nanmedians(ratio[:, known].T)
     # Exactly 0 is weights_not_updated's finding, stated more precisely there.
-    hit = known & (np.nan_to_num(median, nan=1.0) < settings["threshold"]) & (np.nan_to_num(median) > 0)
+    hit = known & (median < settings["threshold"]) & (median > 0)  # NaN compares false
     if not hit.any():
         return []
     names = [rank.name(c) for c in cols[hit]]
@@ -155,7 +140,9 @@ def update_ratio_large(rank: RankData, settings: dict):
 
     Fix: lower the learning rate, add warm-up or gradient clipping.
     """
-    steps, ratio, cols = update_ratios(rank)
+    steps, ratio, cols = rank.update_ratios
+    if not ratio.size:
+        return []
     hit = np.nan_to_num(ratio, nan=0.0) > settings["threshold"]
     if not hit.any():
         return []
