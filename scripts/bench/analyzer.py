@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How the analyzer scales: time and peak memory along ranks, steps and parameters.
 
-Writes synthetic runs (one rank diverging in one parameter, late in the run), then times
+Writes synthetic runs (one rank diverging in one parameter, late in the run), reads their
+files once (so that every measurement finds them in the page cache), then times
 ``distcheck analyze`` on each in a fresh process and reads that process's peak RSS (and
 its workers', each process's own). Prints a table and writes it as JSON.
 
@@ -44,6 +45,15 @@ _REPORT = ("import atexit, json, os, resource, sys; atexit.register(lambda: open
            "os.environ['DISTCHECK_BENCH_DIR'], str(os.getpid())), 'w').write(json.dumps("
            "{'pid': os.getpid(), 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
            "'children_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))); ")
+
+
+def warm(run_dir: str) -> None:
+    """Read every file once, so that each measurement finds them in the page cache alike
+    (the first one after writing another run would otherwise read from disk)."""
+    for name in os.listdir(run_dir):
+        with open(os.path.join(run_dir, name), "rb") as fh:
+            while fh.read(1 << 24):
+                pass
 
 
 def measure(run_dir: str, workers: int) -> dict:
@@ -108,6 +118,7 @@ def main() -> None:
                 write_run(run, ranks, steps, params, diverge_rank=ranks - 1, diverge_step=int(steps * 0.9))
                 open(done, "w").close()
             size = sum(os.path.getsize(os.path.join(run, f)) for f in os.listdir(run)) / 2**20
+            warm(run)
             for how, k in [("workers", k) for k in workers] + [("mpirun", k) for k in mpi]:
                 if how == "workers":
                     m = measure(run, k)
