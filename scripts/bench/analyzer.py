@@ -4,7 +4,8 @@
 Writes synthetic runs (one rank diverging in one parameter, late in the run), reads their
 files once (so that every measurement finds them in the page cache), then times
 ``distcheck analyze`` on each in a fresh process and reads that process's peak RSS (and
-its workers', each process's own). Prints a table and writes it as JSON.
+its workers', each process's own). Every way of running a case must give the same
+findings. Prints a table and writes it as JSON.
 
     python scripts/bench/analyzer.py [--quick | --ranks | --case RANKS,STEPS,PARAMS ...] [--json FILE]
                                      [--workers 1,2,4] [--mpirun 1,2,4] [--keep DIR]
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -56,10 +56,10 @@ def warm(run_dir: str) -> None:
                 pass
 
 
-def measure(run_dir: str, workers: int) -> dict:
+def measure(run_dir: str, workers: int, report: str) -> dict:
     """Run the analysis in a child; time it and read its peak RSS."""
     code = ("import json, resource, sys, time; from distcheck.cli import main; t = time.perf_counter(); "
-            f"rc = main(['analyze', {run_dir!r}, '--format', 'json', '--output', {os.devnull!r}, '--fail-on', "
+            f"rc = main(['analyze', {run_dir!r}, '--format', 'json', '--output', {report!r}, '--fail-on', "
             f"'never', '--workers', '{workers}']); took = time.perf_counter() - t; "
             "print(json.dumps({'rc': rc, 'seconds': took, "
             "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
@@ -70,12 +70,12 @@ def measure(run_dir: str, workers: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_mpi(run_dir: str, processes: int) -> dict:
+def measure_mpi(run_dir: str, processes: int, report: str) -> dict:
     """``mpirun -n K`` of the analysis: wall time, and each MPI process's own peak RSS
     (and the largest of its children: the screening child)."""
     mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
     code = (_REPORT + "from distcheck.cli import main; "
-            f"sys.exit(main(['analyze', {run_dir!r}, '--format', 'json', '--output', {os.devnull!r}, "
+            f"sys.exit(main(['analyze', {run_dir!r}, '--format', 'json', '--output', {report!r}, "
             "'--fail-on', 'never']))")
     with tempfile.TemporaryDirectory() as reports:
         t = time.perf_counter()
@@ -119,19 +119,30 @@ def main() -> None:
                 open(done, "w").close()
             size = sum(os.path.getsize(os.path.join(run, f)) for f in os.listdir(run)) / 2**20
             warm(run)
+            seen = {}  # each way of running -> its findings: they must be the same
             for how, k in [("workers", k) for k in workers] + [("mpirun", k) for k in mpi]:
-                if how == "workers":
-                    m = measure(run, k)
-                    each = [m["rss_mb"], m["workers_rss_mb"]]  # the parent; the largest of its children
-                else:
-                    m = measure_mpi(run, k)
-                    each = [*m["processes_rss_mb"], m["children_rss_mb"]]
+                with tempfile.TemporaryDirectory() as out:
+                    report = os.path.join(out, "report.json")
+                    if how == "workers":
+                        m = measure(run, k, report)
+                        each = [m["rss_mb"], m["workers_rss_mb"]]  # the parent; the largest of its children
+                    else:
+                        m = measure_mpi(run, k, report)
+                        each = [*m["processes_rss_mb"], m["children_rss_mb"]]
+                    with open(report) as fh:
+                        seen[f"{how} {k}"] = json.load(fh)["findings"]
                 peak = max(each)
                 rows.append({"ranks": ranks, "steps": steps, "params": params, "workers": k, "launcher": how,
                              "data_mb": size, "seconds": m["seconds"], "peak_rss_mb": peak, "each_rss_mb": each})
                 label = f"{k}" if how == "workers" else f"mpi -n {k}"
                 print(f"{ranks:6d} {steps:6d} {params:6d} {label:>9} {size:8.0f} {m['seconds']:8.2f} {peak:8.0f}  "
                       + " ".join(f"{x:.0f}" for x in each), flush=True)
+            first = next(iter(seen.values()))
+            differ = [how for how, findings in seen.items() if findings != first]
+            if differ:
+                raise SystemExit(f"{run}: the findings of {', '.join(differ)} differ from those of {next(iter(seen))}")
+            print(f"{'':>20} the same {len(first)} finding(s) every way: "
+                  + ", ".join(f"{f['code']}@{f['step']}" for f in first), flush=True)
             if not args.keep:
                 shutil.rmtree(run, ignore_errors=True)
     finally:
