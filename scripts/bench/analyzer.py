@@ -11,7 +11,7 @@ findings. Prints a table and writes it as JSON.
                                      [--workers 1,2,4] [--mpirun 1,2,4] [--keep DIR]
 
 ``--ranks`` runs the ranks curve of the README (1,024, 4,096 and 10,240 ranks of 100
-steps and 50 parameters: about 6 GB of dumps for the largest); ``--keep DIR`` writes the
+steps and 50 parameters: about 9 GB of dumps for the largest); ``--keep DIR`` writes the
 runs under DIR once and reuses them on the next call. ``--mpirun K`` also times
 ``mpirun -n K distcheck analyze`` (mpirun next to this Python) and reports the peak of
 each MPI process.
