@@ -148,27 +148,19 @@ def merge_classes(steps: np.ndarray, n_members: int, parts: list[dict]) -> Class
     return Classes(steps, blocks)
 
 
-def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: Optional[dict[int, np.ndarray]] = None,
-               weights: Optional[np.ndarray] = None, classes: Optional[Classes] = None) -> list[Episode]:
+def scan_group(run: Run, members: list[int], params: list[ParamInfo], cols: dict[int, np.ndarray],
+               weights: np.ndarray, classes: Classes) -> list[Episode]:
     """Vote on every recorded step of one replica group; return the episodes in order.
 
     ``params`` are the parameters compared, at column ``cols[rank]`` of each member's
-    dump (default: every column, in order). ``weights`` marks those compared as weights
-    (default: the trainable ones); the others are buffers, whose differences are only a
-    warning. ``classes`` are the members' classes (default: sorted here, on the run's
-    shares)."""
-    if cols is None:
-        cols = {r: np.arange(len(params)) for r in members}
-    if classes is None:
-        steps = group_steps(run, members)
-        parts = run.on_shards(share_classes, [(members, cols, steps)])
-        classes = merge_classes(steps, len(members), [p[0] for p in parts])
+    dump. ``weights`` marks those compared as weights; the others are buffers, whose
+    differences are only a warning. ``classes`` are the members' classes (see
+    :func:`share_classes` and :func:`merge_classes`)."""
     steps = classes.steps
-    trainable = np.array([p.trainable for p in params], bool) if weights is None else weights
     with_grad = np.array([p.has_grad for p in params], bool)
     trackers = {
-        "param": _Tracker("param", np.flatnonzero(trainable), members),
-        "buffer": _Tracker("buffer", np.flatnonzero(~trainable), members),
+        "param": _Tracker("param", np.flatnonzero(weights), members),
+        "buffer": _Tracker("buffer", np.flatnonzero(~weights), members),
         "grad": _Tracker("grad", np.flatnonzero(with_grad), members),
     }
     quiet = (np.zeros((len(members), len(params)), bool), np.ones(len(params), bool))

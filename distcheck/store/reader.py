@@ -27,7 +27,7 @@ from distcheck.store.open_files import OPEN_FILES
 from distcheck.store.schema import ParamInfo, Phase, Status
 from distcheck.store.screening import Screening
 
-__all__ = ["DumpError", "DumpReader", "Heartbeat", "Stack", "screen", "validated_state"]
+__all__ = ["DumpError", "DumpReader", "Heartbeat", "Stack", "validated_state"]
 
 
 #: Runs of at most this many recorded steps have their small per-step series (a few
@@ -437,14 +437,6 @@ def validated_state(path: str) -> dict:
     """Validate ``path`` here: what a screening child hands over (see :meth:`DumpReader.state`)."""
     with DumpReader(path, check_hangs=False) as reader:  # closed: the pool of open files keeps no copy
         return reader.state()
-
-
-def screen(paths: list[str]) -> list[bytes]:
-    """Validate ``paths`` in a screening child: each file's encoded state or error, for
-    :func:`distcheck.store.screening.decode_state` in this or another process. Analysis
-    workers each screen a share of a run's files with it."""
-    with Screening(paths, validated_state) as screening:
-        return [screening.message(i) for i in range(len(paths))]
 
 
 def _heartbeat(row: np.ndarray) -> Heartbeat:
